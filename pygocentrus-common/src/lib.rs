@@ -1,0 +1,212 @@
+//! The values pygocentrus keeps in its BPF maps, shared by the kernel program
+//! (`pygocentrus-ebpf`) and the loader (`pygocentrus-userspace`).
+//!
+//! Every struct here is `#[repr(C)]` with explicit padding and no `bool`s, so
+//! both sides agree on the bytes. Byte order is stated on every field that is
+//! not plain host order.
+//!
+//! The path of a fault: userspace builds [`Rule`]s and [`TargetKey`]s from the
+//! command line, the kernel program looks the packet's addresses up in the
+//! `TARGETS` trie, reads the [`Rule`] the entry names, draws its dice and
+//! counts what it did in [`Counters`].
+#![no_std]
+
+pub mod csum;
+pub mod decide;
+
+/// Name of the ingress classifier in the object file.
+pub const PROG_INGRESS: &str = "pyg_ingress";
+/// Name of the egress classifier in the object file.
+pub const PROG_EGRESS: &str = "pyg_egress";
+
+/// Map names (the loader looks them up by these).
+pub const MAP_TARGETS: &str = "TARGETS";
+pub const MAP_RULES: &str = "RULES";
+pub const MAP_PORTS: &str = "PORTS";
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_FLOWS: &str = "FLOWS";
+
+/// Rules are numbered `1..=MAX_RULES`; 0 means "no rule" in a [`TargetValue`].
+/// Counter slot 0 holds the totals of the program itself.
+pub const MAX_RULES: u32 = 16_383;
+/// Size of the rule and counter arrays (slot 0 is reserved).
+pub const RULE_SLOTS: u32 = MAX_RULES + 1;
+/// Size of the target trie.
+pub const MAX_TARGETS: u32 = 16_384;
+/// Size of the LRU flow table used for reproducible (`--seed`) decisions.
+pub const MAX_FLOWS: u32 = 65_536;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Which protocol column of a [`TargetValue`] a packet uses.
+pub const CLASS_TCP: usize = 0;
+pub const CLASS_UDP: usize = 1;
+pub const CLASS_OTHER: usize = 2;
+pub const CLASSES: usize = 3;
+
+/// Which side of the packet matched the target: its destination ("to the
+/// target") or its source ("from the target").
+pub const SIDE_TO: usize = 0;
+pub const SIDE_FROM: usize = 1;
+pub const SIDES: usize = 2;
+
+/// Bits of address data in a [`TargetKey`] after the port.
+pub const ADDR_BITS: u32 = 128;
+/// Bits of port data at the start of a [`TargetKey`].
+pub const PORT_BITS: u32 = 16;
+
+/// The data part of an LPM trie key: the port, then the address.
+///
+/// The trie matches the longest prefix of `port ++ addr`, so a key with
+/// prefix length `16 + n` matches one port and the first `n` bits of the
+/// address, and a key with prefix length 16 and an all-zero address matches
+/// one port on every address. Rules without a port are stored under port 0,
+/// which the kernel looks up as a second chance.
+///
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so an IPv4
+/// `/n` is a prefix of `96 + n` address bits and never matches IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TargetKey {
+    /// Port in network byte order; 0 = rule without a port.
+    pub port: [u8; 2],
+    /// Address in network byte order (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+}
+
+/// What the trie entry for a target holds: the rule to apply for each
+/// (side, protocol class), indexed `side * CLASSES + class`; 0 = none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetValue {
+    pub rules: [u32; SIDES * CLASSES],
+}
+
+impl TargetValue {
+    pub const fn index(side: usize, class: usize) -> usize {
+        side * CLASSES + class
+    }
+}
+
+/// A probability as a fixed-point threshold: a fault fires when a uniform
+/// 32-bit draw is below the threshold, `p = threshold / 2^32`.
+/// [`PROB_ALWAYS`] fires on every packet (the draw cannot reach 2^32).
+pub type Threshold = u32;
+pub const PROB_NEVER: Threshold = 0;
+pub const PROB_ALWAYS: Threshold = u32::MAX;
+
+/// Rule flag: decisions come from `hash(seed, flow, packet index)` instead
+/// of the kernel's PRNG, so the same traffic gets the same faults.
+pub const RULE_SEEDED: u32 = 1;
+
+/// The faults of one rule. Actions are tried in the order of the fields;
+/// the first that fires decides what happens to the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub drop: Threshold,
+    pub reset: Threshold,
+    pub corrupt: Threshold,
+    pub corrupt_payload: Threshold,
+    /// `RULE_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Seed for reproducible decisions (host order), used with [`RULE_SEEDED`].
+    pub seed: u64,
+}
+
+/// The dice a rule can throw, in the order they are thrown. The discriminant
+/// is mixed into the seeded hash so that each action gets its own draw.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Drop = 1,
+    Reset = 2,
+    Corrupt = 3,
+    CorruptPayload = 4,
+    /// Not an action: the draw that chooses which payload byte to damage.
+    PayloadOffset = 5,
+}
+
+/// Per-rule counters, one per CPU, summed by userspace. Slot 0 holds the
+/// program's totals (`seen` = every packet the classifier ran on).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets whose address and port matched the rule's target.
+    pub seen: u64,
+    /// ... and whose protocol and direction matched: the ones the dice ran on.
+    pub matched: u64,
+    /// Matched packets that left untouched.
+    pub passed: u64,
+    pub dropped: u64,
+    pub corrupted: u64,
+    pub corrupted_payload: u64,
+    pub reset: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Self) {
+        self.seen += other.seen;
+        self.matched += other.matched;
+        self.passed += other.passed;
+        self.dropped += other.dropped;
+        self.corrupted += other.corrupted;
+        self.corrupted_payload += other.corrupted_payload;
+        self.reset += other.reset;
+    }
+}
+
+/// Config flag: the program is attached to the ports of a bridge. Packets
+/// entering a port that are not addressed to the bridge itself are left to
+/// the egress hook of the port they leave by, so that each packet is judged
+/// exactly once per direction.
+pub const CONFIG_BRIDGE: u32 = 1;
+/// Config flag: at least one rule has no port, so the kernel must look up
+/// port 0 as well.
+pub const CONFIG_PORTLESS: u32 = 2;
+
+/// Global settings, in the single slot of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `CONFIG_*` bits.
+    pub flags: u32,
+    /// MAC address of the bridge (wire order), with [`CONFIG_BRIDGE`].
+    pub bridge_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of the `PORTS` array (indexed by host-order port): non-zero when a
+/// rule names that port. It lets a packet that matches no port leave after
+/// two array reads instead of trie lookups.
+pub type PortMark = u8;
+
+/// Key of the `FLOWS` LRU map: a directional 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Ports in network byte order.
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte
+    // arrays, with their padding spelled out as fields.
+    unsafe impl aya::Pod for super::TargetKey {}
+    unsafe impl aya::Pod for super::TargetValue {}
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FlowKey {}
+}

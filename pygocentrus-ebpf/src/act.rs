@@ -1,0 +1,129 @@
+//! The faults that rewrite a packet. Each returns `Err(())` when it does
+//! not apply to the packet (or a helper failed), and the packet then passes
+//! as it was.
+
+use aya_ebpf::{
+    bindings::BPF_F_MARK_MANGLED_0,
+    programs::TcContext,
+};
+use pygocentrus_common::{PROTO_TCP, PROTO_UDP, csum};
+
+use crate::parse::Packet;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const TCP_CSUM_OFF: usize = 16;
+const UDP_CSUM_OFF: usize = 6;
+const MAX_TCP_HLEN: usize = 60;
+
+#[inline(always)]
+fn check(ret: i64) -> Result<(), ()> {
+    if ret == 0 { Ok(()) } else { Err(()) }
+}
+
+/// netem's corrupt: damage the packet so that the receiving kernel discards
+/// it and counts the error.
+///
+/// IPv4: flip the lowest bit of the identification field and leave the
+/// header checksum stale; the receiver drops it (`IpExt: InCsumErrors`).
+/// (Flipping a payload bit would not do: traffic between namespaces carries
+/// an offloaded L4 checksum that the receiver trusts.)
+///
+/// IPv6 has no header checksum: flip the version field instead; the receiver
+/// drops it as a header error (`Ip6InHdrErrors`).
+#[inline(always)]
+pub fn corrupt(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
+    let (offset, mask) = if pkt.ipv6 { (pkt.l3, 0x80u8) } else { (pkt.l3 + 5, 0x01u8) };
+    let byte: u8 = ctx.load(offset).map_err(|_| ())?;
+    ctx.store(offset, &(byte ^ mask), 0).map_err(|_| ())
+}
+
+/// Flips one payload byte (chosen by `draw`) and fixes the L4 checksum, so
+/// the application receives damaged data. Packets without payload, and
+/// fragments, are left alone.
+#[inline(always)]
+pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), ()> {
+    let (csum_off, flags) = match pkt.proto {
+        PROTO_TCP => (TCP_CSUM_OFF, 0),
+        PROTO_UDP => (UDP_CSUM_OFF, u64::from(BPF_F_MARK_MANGLED_0)),
+        _ => return Err(()),
+    };
+    let payload_len = pkt.l4_len.checked_sub(pkt.l4_hlen).ok_or(())?;
+    if payload_len == 0 || pkt.fragment {
+        return Err(());
+    }
+    let rel = pkt.l4_hlen + (draw as usize % payload_len);
+    let offset = pkt.l4 + rel;
+    let old: u8 = ctx.load(offset).map_err(|_| ())?;
+    let mut mask = (draw >> 24) as u8;
+    if mask == 0 {
+        mask = 0xff;
+    }
+    let new = old ^ mask;
+    ctx.store(offset, &new, 0).map_err(|_| ())?;
+    // The checksum sums 16-bit words counted from the L4 header: the byte is
+    // the high half of its word at an even offset, the low half at an odd one.
+    let word = |b: u8| u64::from(if rel % 2 == 0 { u16::from_ne_bytes([b, 0]) } else { u16::from_ne_bytes([0, b]) });
+    ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | 2).map_err(|_| ())
+}
+
+/// Turns a TCP segment into a reset its receiver accepts as its peer's: the
+/// same sequence number (so it is exactly the next expected byte), RST plus
+/// the ACK flag and number it had, no payload, lengths and checksums fixed.
+///
+/// An initial SYN is never reset (nobody would hear it); the SYN-ACK that
+/// answers it is, and the client's connect fails with ECONNREFUSED.
+#[inline(always)]
+pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
+    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > MAX_TCP_HLEN {
+        return Err(());
+    }
+    let hlen = pkt.l4_hlen;
+    let csum_at = pkt.l4 + TCP_CSUM_OFF;
+    let (saddr, daddr) = pkt.addrs();
+
+    // Is the checksum field a full checksum or, as for locally sent traffic
+    // (CHECKSUM_PARTIAL), only the pseudo-header sum the device completes?
+    let old_csum: [u8; 2] = ctx.load(csum_at).map_err(|_| ())?;
+    let partial =
+        old_csum == csum::fold(csum::pseudo_sum(saddr, daddr, PROTO_TCP, pkt.l4_len as u32)).to_be_bytes();
+
+    // Flags: RST, keeping ACK (a SYN-SENT client checks the ack number).
+    let flags = TCP_RST | (pkt.tcp_flags & TCP_ACK);
+    ctx.store(pkt.l4 + 13, &flags, 0).map_err(|_| ())?;
+
+    // IP length: headers only.
+    if pkt.ipv6 {
+        ctx.store(pkt.l3 + 4, &(hlen as u16).to_be_bytes(), 0).map_err(|_| ())?;
+    } else {
+        let old_tot: [u8; 2] = ctx.load(pkt.l3 + 2).map_err(|_| ())?;
+        let new_tot = ((pkt.l4 - pkt.l3 + hlen) as u16).to_be_bytes();
+        ctx.store(pkt.l3 + 2, &new_tot, 0).map_err(|_| ())?;
+        ctx.l3_csum_replace(
+            pkt.l3 + 10,
+            u64::from(u16::from_ne_bytes(old_tot)),
+            u64::from(u16::from_ne_bytes(new_tot)),
+            2,
+        )
+        .map_err(|_| ())?;
+    }
+
+    // Strip the payload (this also clears GSO state).
+    check(unsafe { aya_ebpf::helpers::bpf_skb_change_tail(ctx.skb.skb, (pkt.l4 + hlen) as u32, 0) })?;
+
+    // Checksum from scratch over the pseudo-header and the new header.
+    let pseudo = csum::pseudo_sum(saddr, daddr, PROTO_TCP, hlen as u32);
+    let new_csum = if partial {
+        csum::fold(pseudo)
+    } else {
+        let mut hdr = [0u8; MAX_TCP_HLEN];
+        ctx.load_bytes(pkt.l4, &mut hdr[..hlen]).map_err(|_| ())?;
+        hdr[TCP_CSUM_OFF] = 0;
+        hdr[TCP_CSUM_OFF + 1] = 0;
+        !csum::fold(csum::sum_words(pseudo, &hdr[..hlen]))
+    };
+    ctx.store(csum_at, &new_csum.to_be_bytes(), 0).map_err(|_| ())?;
+    Ok(())
+}

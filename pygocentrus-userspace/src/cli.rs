@@ -1,0 +1,199 @@
+//! What the user typed, as clap parsed it. Nothing here is validated beyond
+//! the syntax of each value: `plan.rs` turns it into rules.
+
+use std::{net::IpAddr, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+use crate::units::{Percent, parse_duration, parse_percent};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pygocentrus",
+    version,
+    about = "Inject production-like network faults into containers, at the packet level.",
+    long_about = "Inject production-like network faults into containers, at the packet level.\n\n\
+        An eBPF traffic-control classifier on the ports of a bridge (or on one \
+        interface) drops, corrupts or resets the packets to and from a target. \
+        Nothing is proxied: clients keep dialing their real servers."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach faults to an interface or to every port of a bridge, until
+    /// Ctrl-C, SIGTERM or --duration.
+    #[command(after_long_help = ATTACH_EXAMPLES)]
+    Attach(AttachArgs),
+    /// Run a self-contained demonstration in network namespaces: two hosts on
+    /// a bridge, real traffic, then the same traffic under attack.
+    Demo(DemoArgs),
+}
+
+const ATTACH_EXAMPLES: &str = "\
+Examples:
+  # 5% of the packets to and from port 50051 on a docker-compose bridge vanish
+  sudo pygocentrus attach --iface br-grpc --port 50051 --drop 5
+
+  # every TCP segment from 198.18.0.2:6379 becomes a reset, for 30 seconds
+  sudo pygocentrus attach --iface br0 --ip 198.18.0.2 --port 6379 --direction from --reset 100 --duration 30s
+
+  # the same 10% of UDP datagrams damaged on every run, counters as JSON lines
+  sudo pygocentrus attach --iface br0 --port 5353 --proto udp --corrupt 10 --seed 42 --json";
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Interface to hook: a bridge (all its ports, including ones that join
+    /// later) or any other device.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: String,
+
+    /// Target address, optionally a prefix: 198.18.0.2, 198.18.0.0/24, fd00::2.
+    #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_ipnet)]
+    pub ip: Option<IpNet>,
+
+    /// Target port (1-65535). Without it, all IP traffic of --ip matches,
+    /// ICMP included.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Protocol to match.
+    #[arg(long, value_enum, default_value_t = Proto::Any)]
+    pub proto: Proto,
+
+    /// Which packets: to the target, from the target, or both.
+    #[arg(long, value_enum, default_value_t = Direction::Both)]
+    pub direction: Direction,
+
+    /// Drop this share of matched packets (5, 5%, 0.1).
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub drop: Option<Percent>,
+
+    /// Damage this share so that the receiving kernel discards it as a
+    /// checksum (IPv4) or header (IPv6) error, like netem's corrupt.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub corrupt: Option<Percent>,
+
+    /// Flip a payload byte of this share and fix the checksums: the
+    /// application receives damaged data.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub corrupt_payload: Option<Percent>,
+
+    /// Turn this share of TCP segments into resets the receiver accepts
+    /// (ECONNRESET; a reset SYN-ACK makes connect fail with ECONNREFUSED).
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub reset: Option<Percent>,
+
+    /// Detach after this long (250us, 500ms, 30s, 2m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Make decisions reproducible: the same traffic gets the same faults.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Print counters as JSON lines on stdout instead of text on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Allow a rule with neither --ip nor --port (impairs all IP traffic).
+    #[arg(long)]
+    pub all: bool,
+
+    /// How to hook: TCX links (kernel 6.6+, gone with the process) or
+    /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hook: HookMode,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// UDP datagrams sent in each phase.
+    #[arg(long, default_value_t = 1000)]
+    pub packets: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Any,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    /// Packets to and from the target.
+    Both,
+    /// Packets addressed to the target.
+    To,
+    /// Packets sent by the target.
+    From,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HookMode {
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+fn parse_ipnet(s: &str) -> Result<IpNet, String> {
+    let net = if s.contains('/') {
+        IpNet::from_str(s).map_err(|_| format!("'{s}' is not an address or prefix"))?
+    } else {
+        IpNet::from(IpAddr::from_str(s).map_err(|_| format!("'{s}' is not an IP address"))?)
+    };
+    Ok(net.trunc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AttachArgs, clap::Error> {
+        let mut v = vec!["pygocentrus", "attach"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| match c.command {
+            Command::Attach(a) => a,
+            Command::Demo(_) => unreachable!(),
+        })
+    }
+
+    #[test]
+    fn the_one_line_promise_parses() {
+        let a = parse(&["--iface", "br-xxx", "--port", "50051", "--drop", "5"]).unwrap();
+        assert_eq!(a.iface, "br-xxx");
+        assert_eq!(a.port, Some(50051));
+        assert_eq!(a.drop.unwrap().value(), 5.0);
+        assert_eq!(a.proto, Proto::Any);
+        assert_eq!(a.direction, Direction::Both);
+    }
+
+    #[test]
+    fn prefixes_are_truncated() {
+        let a = parse(&["--iface", "x", "--ip", "198.18.0.77/24", "--drop", "1"]).unwrap();
+        assert_eq!(a.ip.unwrap().to_string(), "198.18.0.0/24");
+        let a = parse(&["--iface", "x", "--ip", "fd00::2", "--drop", "1"]).unwrap();
+        assert_eq!(a.ip.unwrap().to_string(), "fd00::2/128");
+    }
+
+    #[test]
+    fn syntax_errors() {
+        for bad in [
+            &["--iface", "x", "--port", "0", "--drop", "1"][..],
+            &["--iface", "x", "--port", "70000", "--drop", "1"],
+            &["--iface", "x", "--ip", "198.18.0.300", "--drop", "1"],
+            &["--iface", "x", "--ip", "198.18.0.0/33", "--drop", "1"],
+            &["--iface", "x", "--port", "1", "--drop", "101"],
+            &["--iface", "x", "--port", "1", "--drop", "1", "--duration", "10"],
+            &["--iface", "x", "--port", "1", "--drop", "1", "--proto", "sctp"],
+            &["--port", "1", "--drop", "1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The loaded eBPF object and the only code that reads or writes its maps.
+
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::SchedClassifier,
+};
+use pygocentrus_common::{
+    CONFIG_BRIDGE, Config, Counters, MAP_CONFIG, MAP_COUNTERS, MAP_PORTS, MAP_RULES, MAP_TARGETS,
+    PROG_EGRESS, PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
+};
+use thiserror::Error;
+
+use crate::plan::MapContents;
+
+/// The kernel program, built by `build.rs` and embedded in the binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pygocentrus"));
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("program {0}: {1}")]
+    Program(&'static str, aya::programs::ProgramError),
+    #[error("program {0} is missing from the object")]
+    MissingProgram(&'static str),
+}
+
+/// Which hook a program is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+impl Hook {
+    pub const BOTH: [Hook; 2] = [Hook::Ingress, Hook::Egress];
+
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Hook::Ingress => PROG_INGRESS,
+            Hook::Egress => PROG_EGRESS,
+        }
+    }
+}
+
+pub struct Engine {
+    ebpf: Ebpf,
+    config: Config,
+    rules: u32,
+}
+
+impl Engine {
+    /// Loads the object and verifies both programs; nothing is attached yet.
+    pub fn load() -> Result<Self, EngineError> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        for hook in Hook::BOTH {
+            let name = hook.program_name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(EngineError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| EngineError::Program(name, e))?;
+            prog.load().map_err(|e| EngineError::Program(name, e))?;
+        }
+        Ok(Self { ebpf, config: Config::default(), rules: 0 })
+    }
+
+    pub fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, EngineError> {
+        let name = hook.program_name();
+        self.ebpf
+            .program_mut(name)
+            .ok_or(EngineError::MissingProgram(name))?
+            .try_into()
+            .map_err(|e| EngineError::Program(name, e))
+    }
+
+    /// Writes rules, targets and ports. Call before attaching (the maps
+    /// start empty, so nothing matches until then).
+    pub fn install(&mut self, m: &MapContents) -> Result<(), EngineError> {
+        {
+            let mut rules: Array<_, Rule> = Array::try_from(self.map_mut(MAP_RULES)?)
+                .map_err(|e| EngineError::Map(MAP_RULES, e))?;
+            for (id, rule) in &m.rules {
+                rules.set(*id, rule, 0).map_err(|e| EngineError::Map(MAP_RULES, e))?;
+            }
+        }
+        {
+            let mut ports: Array<_, PortMark> = Array::try_from(self.map_mut(MAP_PORTS)?)
+                .map_err(|e| EngineError::Map(MAP_PORTS, e))?;
+            for port in &m.ports {
+                ports.set(u32::from(*port), 1, 0).map_err(|e| EngineError::Map(MAP_PORTS, e))?;
+            }
+        }
+        {
+            let mut targets: LpmTrie<_, TargetKey, TargetValue> =
+                LpmTrie::try_from(self.map_mut(MAP_TARGETS)?)
+                    .map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
+            for (prefix, key, value) in &m.targets {
+                targets
+                    .insert(&Key::new(*prefix, *key), value, 0)
+                    .map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
+            }
+        }
+        self.rules = m.rules.len() as u32;
+        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | m.flags;
+        self.write_config()
+    }
+
+    /// Tells the program it sits on the ports of a bridge with this MAC.
+    pub fn set_bridge(&mut self, mac: Option<[u8; 6]>) -> Result<(), EngineError> {
+        match mac {
+            Some(mac) => {
+                self.config.flags |= CONFIG_BRIDGE;
+                self.config.bridge_mac = mac;
+            }
+            None => self.config.flags &= !CONFIG_BRIDGE,
+        }
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<(), EngineError> {
+        let cfg = self.config;
+        let mut config: Array<_, Config> = Array::try_from(self.map_mut(MAP_CONFIG)?)
+            .map_err(|e| EngineError::Map(MAP_CONFIG, e))?;
+        config.set(0, cfg, 0).map_err(|e| EngineError::Map(MAP_CONFIG, e))
+    }
+
+    /// Counters summed over CPUs: slot 0 (totals), then one per rule.
+    pub fn counters(&self) -> Result<Vec<Counters>, EngineError> {
+        let map = self.ebpf.map(MAP_COUNTERS).ok_or(EngineError::MissingMap(MAP_COUNTERS))?;
+        let counters: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(map).map_err(|e| EngineError::Map(MAP_COUNTERS, e))?;
+        (0..=self.rules)
+            .map(|slot| {
+                let per_cpu = counters.get(&slot, 0).map_err(|e| EngineError::Map(MAP_COUNTERS, e))?;
+                let mut sum = Counters::default();
+                for c in per_cpu.iter() {
+                    sum.add(c);
+                }
+                Ok(sum)
+            })
+            .collect()
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, EngineError> {
+        self.ebpf.map_mut(name).ok_or(EngineError::MissingMap(name))
+    }
+}

@@ -1,0 +1,21 @@
+//! pygocentrus: packet-level network fault injection with an eBPF TC
+//! classifier. The path of a fault is visible in the modules:
+//!
+//! `cli` (what the user typed) → `plan` (validated rules and the exact map
+//! entries) → `engine` (the loaded object, the only code touching maps) →
+//! `hooks` (TCX links or clsact filters on interfaces) → the kernel program
+//! → `stats` (counters as the user sees them). `attach` runs the whole path;
+//! `demo` builds a lab in network namespaces and runs it there.
+
+pub mod attach;
+pub mod cli;
+pub mod demo;
+pub mod engine;
+pub mod hooks;
+pub mod netlink;
+pub mod plan;
+pub mod privileges;
+pub mod stats;
+pub mod units;
+
+pub use plan::UsageError;

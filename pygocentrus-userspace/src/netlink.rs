@@ -1,0 +1,175 @@
+//! What pygocentrus learns from and asks of rtnetlink: interfaces, bridge
+//! ports, link events, and the clsact qdisc of the netlink hook path.
+
+use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
+use rtnetlink::{
+    Handle, MulticastGroup,
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        tc::{TcAttribute, TcHandle, TcMessage},
+    },
+};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("netlink: {0}")]
+    Request(#[from] rtnetlink::Error),
+}
+
+/// An interface, as far as pygocentrus cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub is_bridge: bool,
+    pub mac: Option<[u8; 6]>,
+    /// The bridge (or bond) this interface is enslaved to.
+    pub controller: Option<u32>,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            is_bridge: false,
+            mac: None,
+            controller: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name.clone_from(n),
+                LinkAttribute::Controller(c) => link.controller = Some(*c),
+                LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.is_bridge |= infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// A change seen on the link multicast group.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A link appeared or changed (also: a port joined or left a bridge).
+    Changed(Link),
+    Removed(u32),
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a request socket; its connection runs on the tokio runtime.
+    pub fn open() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    pub async fn ports_of(&self, bridge: u32) -> Result<Vec<Link>, NetlinkError> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.controller == Some(bridge))
+            .collect())
+    }
+
+    /// The kinds of the qdiscs on `index` (e.g. `noqueue`, `clsact`, `fq`).
+    pub async fn qdisc_kinds(&self, index: u32) -> Result<Vec<String>, NetlinkError> {
+        let msgs: Vec<TcMessage> = self
+            .handle
+            .qdisc()
+            .get()
+            .index(index as i32)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index as i32)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Removes the clsact qdisc of `index` (and with it any filter on it).
+    pub async fn del_clsact(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut req = self.handle.qdisc().del(index as i32);
+        let m = req.message_mut();
+        m.header.parent = TcHandle::CLSACT;
+        m.header.handle = TcHandle { major: 0xffff, minor: 0 };
+        req.execute().await?;
+        Ok(())
+    }
+}
+
+/// Subscribes to link changes. Subscribe before listing, so that nothing
+/// that happens in between is missed.
+pub fn link_events() -> Result<UnboundedReceiver<LinkEvent>, NetlinkError> {
+    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
+    tokio::spawn(conn);
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        let mut messages = messages;
+        while let Some((msg, _)) = messages.next().await {
+            let event = match link_event(msg) {
+                Some(e) => e,
+                None => continue,
+            };
+            if tx.unbounded_send(event).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn link_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
+    match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+            Some(LinkEvent::Changed(Link::from_message(&m)))
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+            Some(LinkEvent::Removed(m.header.index))
+        }
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// How many tc filters sit on the ingress and egress hooks of `index`.
+    pub async fn filter_count(&self, index: u32) -> Result<usize, NetlinkError> {
+        let mut n = 0;
+        for egress in [false, true] {
+            let mut h = self.handle.traffic_filter(index as i32);
+            let req = if egress { h.get().egress() } else { h.get().ingress() };
+            let msgs: Vec<TcMessage> = req.execute().try_collect().await?;
+            n += msgs.iter().filter(|m| m.header.index == index as i32).count();
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,385 @@
+//! From what the user typed to the exact values the kernel reads: a
+//! validated [`Plan`] of rules, and the [`MapContents`] that encode it.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use ipnet::IpNet;
+use pygocentrus_common::{
+    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, MAX_RULES, PORT_BITS,
+    RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TargetKey, TargetValue,
+};
+use thiserror::Error;
+
+use crate::{
+    cli::{AttachArgs, Direction, Proto},
+    units::Percent,
+};
+
+/// Input that cannot work: reported in one line, exit status 2.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum UsageError {
+    #[error("no fault given: add --drop, --corrupt, --corrupt-payload or --reset with a percentage above 0")]
+    NoFault,
+    #[error("refusing to impair all traffic: give --ip and/or --port, or --all to mean it")]
+    NoTarget,
+    #[error("--reset needs TCP, but --proto is udp")]
+    ResetNeedsTcp,
+    #[error("--corrupt-payload needs TCP or UDP, and --proto any without --port also matches ICMP: add --proto or --port")]
+    PayloadNeedsL4,
+    #[error("rules {0} and {1} both match {2}")]
+    Overlap(usize, usize, String),
+    #[error("too many rules: {0} (at most {MAX_RULES})")]
+    TooMany(usize),
+    #[error("unknown interface '{0}'")]
+    UnknownInterface(String),
+    #[error("{0}")]
+    Privileges(String),
+}
+
+/// The faults of a rule, as probabilities.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    pub drop: Option<Percent>,
+    pub reset: Option<Percent>,
+    pub corrupt: Option<Percent>,
+    pub corrupt_payload: Option<Percent>,
+}
+
+impl Faults {
+    fn any(&self) -> bool {
+        [self.drop, self.reset, self.corrupt, self.corrupt_payload]
+            .iter()
+            .any(|p| p.is_some_and(|p| p.value() > 0.0))
+    }
+}
+
+/// One validated rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleSpec {
+    pub ip: Option<IpNet>,
+    pub port: Option<u16>,
+    pub proto: Proto,
+    pub direction: Direction,
+    pub faults: Faults,
+    pub seed: Option<u64>,
+}
+
+impl RuleSpec {
+    pub fn from_attach(a: &AttachArgs) -> Result<Self, UsageError> {
+        let spec = Self {
+            ip: a.ip,
+            port: a.port,
+            proto: a.proto,
+            direction: a.direction,
+            faults: Faults {
+                drop: a.drop,
+                reset: a.reset,
+                corrupt: a.corrupt,
+                corrupt_payload: a.corrupt_payload,
+            },
+            seed: a.seed,
+        };
+        spec.validate(a.all)?;
+        Ok(spec)
+    }
+
+    fn validate(&self, all: bool) -> Result<(), UsageError> {
+        if !self.faults.any() {
+            return Err(UsageError::NoFault);
+        }
+        if self.ip.is_none() && self.port.is_none() && !all {
+            return Err(UsageError::NoTarget);
+        }
+        let on = |p: Option<Percent>| p.is_some_and(|p| p.value() > 0.0);
+        if on(self.faults.reset) && self.proto == Proto::Udp {
+            return Err(UsageError::ResetNeedsTcp);
+        }
+        if on(self.faults.corrupt_payload) && self.proto == Proto::Any && self.port.is_none() {
+            return Err(UsageError::PayloadNeedsL4);
+        }
+        Ok(())
+    }
+
+    /// The kernel's view of the faults.
+    pub fn rule(&self) -> Rule {
+        let t = |p: Option<Percent>| p.map_or(0, Percent::threshold);
+        Rule {
+            drop: t(self.faults.drop),
+            reset: t(self.faults.reset),
+            corrupt: t(self.faults.corrupt),
+            corrupt_payload: t(self.faults.corrupt_payload),
+            flags: if self.seed.is_some() { RULE_SEEDED } else { 0 },
+            _pad: 0,
+            seed: self.seed.unwrap_or(0),
+        }
+    }
+
+    /// Trie prefix length and key of the target.
+    fn key(&self) -> (u32, TargetKey) {
+        let port = self.port.unwrap_or(0).to_be_bytes();
+        match self.ip {
+            None => (PORT_BITS, TargetKey { port, addr: [0; 16] }),
+            Some(IpNet::V4(n)) => (
+                PORT_BITS + ADDR_BITS - 32 + u32::from(n.prefix_len()),
+                TargetKey { port, addr: n.network().to_ipv6_mapped().octets() },
+            ),
+            Some(IpNet::V6(n)) => (
+                PORT_BITS + u32::from(n.prefix_len()),
+                TargetKey { port, addr: n.network().octets() },
+            ),
+        }
+    }
+
+    /// The (side, class) cells of a trie entry this rule fills.
+    fn cells(&self) -> impl Iterator<Item = usize> + '_ {
+        let sides: &[usize] = match self.direction {
+            Direction::Both => &[SIDE_TO, SIDE_FROM],
+            Direction::To => &[SIDE_TO],
+            Direction::From => &[SIDE_FROM],
+        };
+        let classes: &[usize] = match (self.proto, self.port) {
+            (Proto::Tcp, _) => &[CLASS_TCP],
+            (Proto::Udp, _) => &[CLASS_UDP],
+            // A port only exists on TCP and UDP.
+            (Proto::Any, Some(_)) => &[CLASS_TCP, CLASS_UDP],
+            (Proto::Any, None) => &[CLASS_TCP, CLASS_UDP, CLASS_OTHER],
+        };
+        sides
+            .iter()
+            .flat_map(move |s| classes.iter().map(move |c| TargetValue::index(*s, *c)))
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Any => "ip",
+        };
+        let dir = match self.direction {
+            Direction::Both => "to/from",
+            Direction::To => "to",
+            Direction::From => "from",
+        };
+        let host = self.ip.map_or("*".to_owned(), |n| {
+            if n.prefix_len() == n.max_prefix_len() {
+                match n.addr() {
+                    IpAddr::V6(a) => format!("[{a}]"),
+                    IpAddr::V4(a) => a.to_string(),
+                }
+            } else {
+                n.to_string()
+            }
+        });
+        let port = self.port.map_or("*".to_owned(), |p| p.to_string());
+        write!(f, "{proto} {dir} {host}:{port}")?;
+        for (name, p) in [
+            ("drop", self.faults.drop),
+            ("reset", self.faults.reset),
+            ("corrupt", self.faults.corrupt),
+            ("corrupt-payload", self.faults.corrupt_payload),
+        ] {
+            if let Some(p) = p.filter(|p| p.value() > 0.0) {
+                write!(f, " {name} {p}")?;
+            }
+        }
+        if let Some(seed) = self.seed {
+            write!(f, " seed {seed}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything pygocentrus asks of the kernel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub rules: Vec<RuleSpec>,
+}
+
+/// The map entries that encode a [`Plan`]. Rule `i` of the plan has id `i + 1`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MapContents {
+    pub targets: Vec<(u32, TargetKey, TargetValue)>,
+    pub rules: Vec<(u32, Rule)>,
+    /// Host-order ports some rule names.
+    pub ports: Vec<u16>,
+    /// `CONFIG_*` flags that follow from the rules.
+    pub flags: u32,
+}
+
+impl Plan {
+    pub fn map_contents(&self) -> Result<MapContents, UsageError> {
+        if self.rules.len() > MAX_RULES as usize {
+            return Err(UsageError::TooMany(self.rules.len()));
+        }
+        let mut out = MapContents::default();
+        // (prefix, key) → (value, which rule filled each cell)
+        let mut entries: BTreeMap<(u32, [u8; 2], [u8; 16]), (TargetValue, [usize; 6])> =
+            BTreeMap::new();
+        for (i, spec) in self.rules.iter().enumerate() {
+            let id = i as u32 + 1;
+            out.rules.push((id, spec.rule()));
+            match spec.port {
+                Some(p) => out.ports.push(p),
+                None => out.flags |= CONFIG_PORTLESS,
+            }
+            let (prefix, key) = spec.key();
+            let (value, owners) = entries
+                .entry((prefix, key.port, key.addr))
+                .or_insert((TargetValue::default(), [0; 6]));
+            for cell in spec.cells() {
+                if value.rules[cell] != 0 {
+                    return Err(UsageError::Overlap(owners[cell], i + 1, target_name(spec)));
+                }
+                value.rules[cell] = id;
+                owners[cell] = i + 1;
+            }
+        }
+        out.ports.sort_unstable();
+        out.ports.dedup();
+        // The trie returns only the longest match: let a more specific entry
+        // inherit the cells it leaves empty from the entries that cover it
+        // (same port, shorter prefix). Shortest prefixes first, so that
+        // inheritance chains through.
+        let list: Vec<_> = entries.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        let mut done: Vec<((u32, [u8; 2], [u8; 16]), TargetValue)> = Vec::with_capacity(list.len());
+        for ((prefix, port, addr), mut value) in list {
+            let cover = done
+                .iter()
+                .filter(|((p, pt, a), _)| *pt == port && *p < prefix && covers(*p, a, &addr))
+                .max_by_key(|((p, _, _), _)| *p);
+            if let Some((_, parent)) = cover {
+                for (cell, id) in value.rules.iter_mut().enumerate() {
+                    if *id == 0 {
+                        *id = parent.rules[cell];
+                    }
+                }
+            }
+            done.push(((prefix, port, addr), value));
+        }
+        out.targets = done
+            .into_iter()
+            .map(|((prefix, port, addr), v)| (prefix, TargetKey { port, addr }, v))
+            .collect();
+        Ok(out)
+    }
+}
+
+fn target_name(spec: &RuleSpec) -> String {
+    let s = spec.to_string();
+    s.split_once(" drop")
+        .or_else(|| s.split_once(" reset"))
+        .or_else(|| s.split_once(" corrupt"))
+        .map_or(s.clone(), |(t, _)| t.to_owned())
+}
+
+/// Whether the trie key with `prefix` bits (port bits included) and address
+/// `a` covers address `b`.
+fn covers(prefix: u32, a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let bits = prefix.saturating_sub(PORT_BITS) as usize;
+    let (full, rest) = (bits / 8, bits % 8);
+    if a[..full] != b[..full] {
+        return false;
+    }
+    rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use pygocentrus_common::PROB_ALWAYS;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn spec(args: &str) -> Result<RuleSpec, UsageError> {
+        let mut v = vec!["pygocentrus", "attach", "--iface", "x"];
+        v.extend(args.split_whitespace());
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Attach(a) => RuleSpec::from_attach(&a),
+            Command::Demo(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(spec("--port 1"), Err(UsageError::NoFault));
+        assert_eq!(spec("--port 1 --drop 0"), Err(UsageError::NoFault));
+        assert_eq!(spec("--drop 5"), Err(UsageError::NoTarget));
+        assert!(spec("--drop 5 --all").is_ok());
+        assert_eq!(spec("--port 1 --proto udp --reset 5"), Err(UsageError::ResetNeedsTcp));
+        assert!(spec("--port 1 --proto tcp --reset 5").is_ok());
+        assert_eq!(spec("--ip 198.18.0.1 --corrupt-payload 5"), Err(UsageError::PayloadNeedsL4));
+        assert!(spec("--ip 198.18.0.1 --proto udp --corrupt-payload 5").is_ok());
+    }
+
+    #[test]
+    fn rule_values() {
+        let r = spec("--port 50051 --drop 100 --reset 50 --seed 7").unwrap().rule();
+        assert_eq!(r.drop, PROB_ALWAYS);
+        assert_eq!(r.reset, 1 << 31);
+        assert_eq!((r.corrupt, r.corrupt_payload), (0, 0));
+        assert_eq!((r.flags, r.seed), (RULE_SEEDED, 7));
+    }
+
+    #[test]
+    fn port_only_rule() {
+        let plan = Plan { rules: vec![spec("--port 50051 --drop 5").unwrap()] };
+        let m = plan.map_contents().unwrap();
+        assert_eq!(m.ports, vec![50051]);
+        assert_eq!(m.flags, 0);
+        let (prefix, key, value) = m.targets[0];
+        assert_eq!(prefix, PORT_BITS);
+        assert_eq!(key.port, 50051u16.to_be_bytes());
+        // TCP and UDP, both sides; nothing for ICMP.
+        assert_eq!(value.rules, [1, 1, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn ipv4_prefix_is_mapped() {
+        let plan = Plan { rules: vec![spec("--ip 198.18.0.0/24 --direction to --drop 5").unwrap()] };
+        let m = plan.map_contents().unwrap();
+        assert_eq!(m.flags, CONFIG_PORTLESS);
+        let (prefix, key, value) = m.targets[0];
+        assert_eq!(prefix, PORT_BITS + 96 + 24);
+        assert_eq!(&key.addr[10..], &[0xff, 0xff, 198, 18, 0, 0]);
+        assert_eq!(value.rules, [1, 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn more_specific_entries_inherit_empty_cells() {
+        let plan = Plan {
+            rules: vec![
+                spec("--ip 198.18.0.0/24 --drop 5").unwrap(),
+                spec("--ip 198.18.0.2 --proto tcp --direction to --reset 5").unwrap(),
+            ],
+        };
+        let m = plan.map_contents().unwrap();
+        let host = m.targets.iter().find(|t| t.0 == PORT_BITS + 128).unwrap();
+        assert_eq!(host.2.rules, [2, 1, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn overlapping_rules_are_refused() {
+        let plan = Plan {
+            rules: vec![
+                spec("--port 80 --drop 5").unwrap(),
+                spec("--port 80 --proto tcp --direction from --reset 5").unwrap(),
+            ],
+        };
+        assert!(matches!(plan.map_contents(), Err(UsageError::Overlap(1, 2, _))));
+    }
+
+    #[test]
+    fn coverage() {
+        let net = |s: &str| spec(&format!("--ip {s} --drop 1")).unwrap().key();
+        let (p, k) = net("198.18.0.0/24");
+        let (_, host) = net("198.18.0.9");
+        let (_, other) = net("198.18.1.9");
+        assert!(covers(p, &k.addr, &host.addr));
+        assert!(!covers(p, &k.addr, &other.addr));
+        let (p, k) = net("198.18.0.0/15");
+        assert!(covers(p, &k.addr, &other.addr));
+    }
+}

@@ -1,0 +1,94 @@
+//! Counters as the user sees them: a text line on stderr or a JSON line on
+//! stdout.
+
+use std::time::Duration;
+
+use pygocentrus_common::Counters;
+use serde_json::{Value, json};
+
+use crate::plan::RuleSpec;
+
+/// Counters read at one moment: slot 0 (totals), then one per rule.
+pub struct Snapshot<'a> {
+    pub elapsed: Duration,
+    pub slots: &'a [Counters],
+    pub rules: &'a [RuleSpec],
+}
+
+impl Snapshot<'_> {
+    fn total_seen(&self) -> u64 {
+        self.slots.first().map_or(0, |c| c.seen)
+    }
+
+    fn per_rule(&self) -> impl Iterator<Item = (usize, &Counters, &RuleSpec)> {
+        self.slots.iter().skip(1).zip(self.rules).enumerate().map(|(i, (c, r))| (i + 1, c, r))
+    }
+
+    /// `3s classifier saw 1200 | rule 1: matched 600 passed 420 dropped 180 ...`
+    pub fn text(&self) -> String {
+        let mut s = format!("{:.0}s classifier saw {}", self.elapsed.as_secs_f64(), self.total_seen());
+        for (id, c, _) in self.per_rule() {
+            s.push_str(&format!(
+                " | rule {id}: seen {} matched {} passed {} dropped {} corrupted {} corrupted-payload {} reset {}",
+                c.seen, c.matched, c.passed, c.dropped, c.corrupted, c.corrupted_payload, c.reset
+            ));
+        }
+        s
+    }
+
+    pub fn json(&self, event: &str) -> Value {
+        let rules: Vec<Value> = self
+            .per_rule()
+            .map(|(id, c, r)| {
+                json!({
+                    "id": id,
+                    "rule": r.to_string(),
+                    "seen": c.seen,
+                    "matched": c.matched,
+                    "passed": c.passed,
+                    "dropped": c.dropped,
+                    "corrupted": c.corrupted,
+                    "corrupted_payload": c.corrupted_payload,
+                    "reset": c.reset,
+                })
+            })
+            .collect();
+        json!({
+            "event": event,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "classifier_seen": self.total_seen(),
+            "rules": rules,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn text_and_json_agree() {
+        let Command::Attach(a) =
+            Cli::try_parse_from(["p", "attach", "--iface", "x", "--port", "9", "--drop", "5"]).unwrap().command
+        else {
+            unreachable!()
+        };
+        let rules = [RuleSpec::from_attach(&a).unwrap()];
+        let slots = [
+            Counters { seen: 10, ..Default::default() },
+            Counters { seen: 4, matched: 4, passed: 3, dropped: 1, ..Default::default() },
+        ];
+        let snap = Snapshot { elapsed: Duration::from_secs(2), slots: &slots, rules: &rules };
+        assert_eq!(
+            snap.text(),
+            "2s classifier saw 10 | rule 1: seen 4 matched 4 passed 3 dropped 1 corrupted 0 corrupted-payload 0 reset 0"
+        );
+        let j = snap.json("counters");
+        assert_eq!(j["rules"][0]["dropped"], 1);
+        assert_eq!(j["rules"][0]["rule"], "ip to/from *:9 drop 5%");
+        assert_eq!(j["classifier_seen"], 10);
+    }
+}

@@ -1,0 +1,117 @@
+//! Percentages and durations written the way tc users write them.
+
+use std::time::Duration;
+
+use pygocentrus_common::{PROB_ALWAYS, Threshold};
+
+/// A probability in percent, 0–100: `5`, `5%`, `0.1` (= 0.1%).
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Percent(f64);
+
+impl Percent {
+    pub fn value(self) -> f64 {
+        self.0
+    }
+
+    /// The fixed-point threshold the kernel compares a 32-bit draw with:
+    /// `round(p / 100 * 2^32)`; 100% (or anything that rounds to 2^32)
+    /// becomes [`PROB_ALWAYS`].
+    pub fn threshold(self) -> Threshold {
+        let t = (self.0 / 100.0 * 4_294_967_296.0).round();
+        if t >= f64::from(PROB_ALWAYS) {
+            PROB_ALWAYS
+        } else {
+            t as Threshold
+        }
+    }
+}
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+pub fn parse_percent(s: &str) -> Result<Percent, String> {
+    let t = s.trim();
+    let num = t.strip_suffix('%').unwrap_or(t).trim();
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a percentage (write 5, 5% or 0.1)"))?;
+    if !v.is_finite() || !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s} is outside 0-100%"));
+    }
+    Ok(Percent(v))
+}
+
+/// A duration with a unit: `250us`, `500ms`, `30s`, `2m`, `1h` (fractions
+/// allowed: `1.5s`). A bare number is refused: tc reads it as microseconds,
+/// most people as seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("'{s}' needs a unit: 250us, 500ms, 30s, 2m"))?;
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (write 250us, 500ms, 30s, 2m)"))?;
+    let scale = match unit.trim() {
+        "ns" | "nsec" => 1e-9,
+        "us" | "usec" | "µs" => 1e-6,
+        "ms" | "msec" => 1e-3,
+        "s" | "sec" | "secs" => 1.0,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        other => return Err(format!("unknown time unit '{other}' in '{s}' (use us, ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("'{s}' is not a valid duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_forms() {
+        assert_eq!(parse_percent("5").unwrap().value(), 5.0);
+        assert_eq!(parse_percent("5%").unwrap().value(), 5.0);
+        assert_eq!(parse_percent("0.1").unwrap().value(), 0.1);
+        assert_eq!(parse_percent("100").unwrap().value(), 100.0);
+        assert_eq!(parse_percent("0").unwrap().value(), 0.0);
+    }
+
+    #[test]
+    fn percent_out_of_range_or_garbage() {
+        for bad in ["101", "-1", "150%", "abc", "", "NaN", "inf", "5%%"] {
+            assert!(parse_percent(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(parse_percent("0").unwrap().threshold(), 0);
+        assert_eq!(parse_percent("100").unwrap().threshold(), PROB_ALWAYS);
+        assert_eq!(parse_percent("50").unwrap().threshold(), 1 << 31);
+        assert_eq!(parse_percent("25").unwrap().threshold(), 1 << 30);
+        // The smallest step is 2^-32; 0.1% is 4294967.296 steps.
+        assert_eq!(parse_percent("0.1").unwrap().threshold(), 4_294_967);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_durations() {
+        for bad in ["30", "", "ms", "5 parsecs", "1.2.3s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
