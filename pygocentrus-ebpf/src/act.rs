@@ -119,7 +119,17 @@ pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
         csum::fold(pseudo)
     } else {
         let mut hdr = [0u8; MAX_TCP_HLEN];
-        ctx.load_bytes(pkt.l4, &mut hdr[..hlen]).map_err(|_| ())?;
+        // A length the verifier can see is in 20..=60 (aya's load_bytes
+        // clamps to the packet length, which may look like zero to it).
+        let len = (hlen as u32).clamp(20, MAX_TCP_HLEN as u32);
+        check(unsafe {
+            aya_ebpf::helpers::bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                pkt.l4 as u32,
+                hdr.as_mut_ptr().cast(),
+                len,
+            )
+        })?;
         hdr[TCP_CSUM_OFF] = 0;
         hdr[TCP_CSUM_OFF + 1] = 0;
         !csum::fold(csum::sum_words(pseudo, &hdr[..hlen]))

@@ -81,31 +81,42 @@ fn find_rule(pkt: &Packet, cfg: &Config) -> Option<(u32, &'static Rule)> {
             (&pkt.saddr, pkt.sport)
         };
         let cell = TargetValue::index(side, pkt.class);
-        for entry in [
-            maps::target_with_port(addr, port),
-            if portless { maps::target_with_port(addr, [0, 0]) } else { None },
-        ]
-        .into_iter()
-        .flatten()
+        if let Some(entry) = maps::target_with_port(addr, port)
+            && let Some(found) = pick(entry, cell, &mut seen)
         {
-            let id = entry.rules[cell];
-            if id != 0 {
-                let rule = maps::rule(id)?;
-                maps::count(id, |c| {
-                    c.seen += 1;
-                    c.matched += 1;
-                });
-                return Some((id, rule));
-            }
-            if seen == 0 {
-                seen = first_rule(entry);
-            }
+            return Some(found);
+        }
+        if portless
+            && let Some(entry) = maps::target_with_port(addr, [0, 0])
+            && let Some(found) = pick(entry, cell, &mut seen)
+        {
+            return Some(found);
         }
     }
     if seen != 0 {
         maps::count(seen, |c| c.seen += 1);
     }
     None
+}
+
+/// The rule of `cell` in a trie entry, counted as seen and matched; if the
+/// cell is empty, remembers the entry's first rule in `seen` (the packet
+/// belongs to that rule's target but not to its protocol or direction).
+#[inline(always)]
+fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<(u32, &'static Rule)> {
+    let id = entry.rules[cell];
+    if id == 0 {
+        if *seen == 0 {
+            *seen = first_rule(entry);
+        }
+        return None;
+    }
+    let rule = maps::rule(id)?;
+    maps::count(id, |c| {
+        c.seen += 1;
+        c.matched += 1;
+    });
+    Some((id, rule))
 }
 
 #[inline(always)]

@@ -32,7 +32,8 @@ fn raise_memlock() {
     let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads a valid, initialised struct.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
-    if ret != 0 {
+    let old_kernel = aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(5, 11, 0));
+    if ret != 0 && old_kernel {
         eprintln!("pygocentrus: note: could not raise RLIMIT_MEMLOCK; map creation may fail on kernels before 5.11");
     }
 }
