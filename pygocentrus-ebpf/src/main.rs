@@ -167,28 +167,41 @@ fn bump_passed(c: &mut Counters) {
 
 /// Where a rule's randomness comes from: the kernel's PRNG, or with
 /// `--seed` a hash of (seed, flow, packet index in the flow, action).
+/// Plain fields (no `Option` of a tuple): every register the verifier sees
+/// spilled is initialised on both paths.
 struct Dice {
-    seeded: Option<(u64, u64, u64)>,
+    seeded: bool,
+    seed: u64,
+    flow: u64,
+    index: u64,
 }
 
 impl Dice {
     #[inline(always)]
     fn new(pkt: &Packet, rule: &Rule) -> Self {
-        if rule.flags & pygocentrus_common::RULE_SEEDED == 0 {
-            return Self { seeded: None };
+        let mut dice = Self {
+            seeded: false,
+            seed: 0,
+            flow: 0,
+            index: 0,
+        };
+        if rule.flags & pygocentrus_common::RULE_SEEDED != 0 {
+            let key = pkt.flow_key();
+            dice.seeded = true;
+            dice.seed = rule.seed;
+            dice.flow = decide::flow_hash(&key);
+            dice.index = maps::next_flow_index(&key);
         }
-        let key = pkt.flow_key();
-        let index = maps::next_flow_index(&key);
-        Self {
-            seeded: Some((rule.seed, decide::flow_hash(&key), index)),
-        }
+        dice
     }
 
     #[inline(always)]
     fn draw(&self, action: Action) -> u32 {
-        match self.seeded {
-            Some((seed, flow, index)) => decide::seeded_draw(seed, flow, index, action),
-            None => unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() },
+        if self.seeded {
+            decide::seeded_draw(self.seed, self.flow, self.index, action)
+        } else {
+            // SAFETY: a helper without arguments or side effects.
+            unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }
         }
     }
 
