@@ -178,13 +178,14 @@ impl Hooks {
         }
     }
 
-    /// Writes the state file of the netlink path: one line per port,
-    /// `index name added_clsact`. TCX needs none.
+    /// Writes the state file of the netlink path: the network namespace
+    /// first (interface indexes only mean something inside it), then one
+    /// line per port, `index name added_clsact`. TCX needs none.
     fn save_state(&self) {
         if self.method != Method::Netlink {
             return;
         }
-        let mut text = String::new();
+        let mut text = format!("{NETNS_TAG} {}\n", netns_id().unwrap_or_default());
         for (index, p) in &self.ports {
             text.push_str(&format!("{index} {} {}\n", p.name, u8::from(p.added_clsact)));
         }
@@ -198,6 +199,16 @@ impl Hooks {
             eprintln!("pygocentrus: warning: writing {}: {e}", self.state.display());
         }
     }
+}
+
+const NETNS_TAG: &str = "netns";
+
+/// The network namespace this process runs in, as `device:inode` of
+/// `/proc/self/ns/net`: stable for as long as the namespace exists.
+fn netns_id() -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata("/proc/self/ns/net")?;
+    Ok(format!("{}:{}", meta.dev(), meta.ino()))
 }
 
 /// Deletes a clsact qdisc we added, unless someone else's filters now live
@@ -221,6 +232,7 @@ pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
     let mut cleaned = Vec::new();
     let Ok(dir) = fs::read_dir(STATE_DIR) else { return Ok(cleaned) };
     let links = nl.links().await?;
+    let own_netns = netns_id().context("identifying this network namespace")?;
     for entry in dir.flatten() {
         let path = entry.path();
         let Some(pid) = path
@@ -235,7 +247,14 @@ pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
             continue;
         }
         let text = fs::read_to_string(&path).unwrap_or_default();
-        for line in text.lines() {
+        let mut lines = text.lines();
+        let netns = lines.next().and_then(|l| l.strip_prefix(NETNS_TAG)).map(str::trim);
+        if netns != Some(own_netns.as_str()) {
+            // Another namespace's leftovers: its indexes and names mean
+            // nothing here; a run inside that namespace cleans them.
+            continue;
+        }
+        for line in lines {
             let mut f = line.split_whitespace();
             let (Some(index), Some(name), Some(added)) = (f.next(), f.next(), f.next()) else { continue };
             let Ok(index) = index.parse::<u32>() else { continue };
