@@ -39,6 +39,9 @@ pub fn corrupt(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     ctx.store(offset, &(byte ^ mask), 0).map_err(|_| ())
 }
 
+/// `bpf_l4_csum_replace` flag bits holding the size of the replaced value.
+const CSUM_FIELD_SIZE: u64 = 2;
+
 /// Flips one payload byte (chosen by `draw`) and fixes the L4 checksum, so
 /// the application receives damaged data. Packets without payload, and
 /// fragments, are left alone.
@@ -64,8 +67,9 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
     ctx.store(offset, &new, 0).map_err(|_| ())?;
     // The checksum sums 16-bit words counted from the L4 header: the byte is
     // the high half of its word at an even offset, the low half at an odd one.
-    let word = |b: u8| u64::from(if rel % 2 == 0 { u16::from_ne_bytes([b, 0]) } else { u16::from_ne_bytes([0, b]) });
-    ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | 2).map_err(|_| ())
+    let word = |b: u8| u64::from(if rel.is_multiple_of(2) { u16::from_ne_bytes([b, 0]) } else { u16::from_ne_bytes([0, b]) });
+    // The low bits of the flags give the size of the replaced field: 2 bytes.
+    ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | CSUM_FIELD_SIZE).map_err(|_| ())
 }
 
 /// Turns a TCP segment into a reset its receiver accepts as its peer's: the

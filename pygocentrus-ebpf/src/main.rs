@@ -26,7 +26,7 @@ use crate::parse::Packet;
 /// every packet we do not fault gets, so that we never override another
 /// program's verdict.
 const PASS: i32 = TC_ACT_UNSPEC;
-const SHOT: i32 = TC_ACT_SHOT as i32;
+const SHOT: i32 = TC_ACT_SHOT;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hook {
