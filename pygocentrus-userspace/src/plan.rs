@@ -109,8 +109,8 @@ impl RuleSpec {
             corrupt: t(self.faults.corrupt),
             corrupt_payload: t(self.faults.corrupt_payload),
             flags: if self.seed.is_some() { RULE_SEEDED } else { 0 },
-            _pad: 0,
             seed: self.seed.unwrap_or(0),
+            ..Rule::default()
         }
     }
 
