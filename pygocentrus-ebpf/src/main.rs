@@ -73,11 +73,14 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
     };
     if copy {
         if hook == Hook::Egress {
-            let dice = Dice::new(&pkt, rule);
-            schedule(ctx, &pkt, id, rule, &dice);
+            schedule(ctx, &pkt, id, rule, &Dice::new(&pkt, rule));
         }
         return Ok(PASS);
     }
+    maps::count(id, |c| {
+        c.seen += 1;
+        c.matched += 1;
+    });
     Ok(judge(ctx, &pkt, id, rule, hook))
 }
 
@@ -113,8 +116,7 @@ fn find_rule(pkt: &Packet, cfg: &Config) -> Option<(u32, &'static Rule)> {
     None
 }
 
-/// The rule of `cell` in a trie entry, counted as seen and matched; if the
-/// cell is empty, remembers the entry's first rule in `seen` (the packet
+/// The rule of `cell` in a trie entry; if the cell is empty, remembers the entry's first rule in `seen` (the packet
 /// belongs to that rule's target but not to its protocol or direction).
 #[inline(always)]
 fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<(u32, &'static Rule)> {
@@ -125,12 +127,7 @@ fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<(u32, &'stat
         }
         return None;
     }
-    let rule = maps::rule(id)?;
-    maps::count(id, |c| {
-        c.seen += 1;
-        c.matched += 1;
-    });
-    Some((id, rule))
+    Some((id, maps::rule(id)?))
 }
 
 #[inline(always)]

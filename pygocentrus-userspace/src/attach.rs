@@ -39,7 +39,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 
     let mut engine = Engine::load().context("loading the classifier")?;
     engine.install(&contents)?;
-    let mut hooks = Hooks::new(Method::resolve(args.hook));
+    let mut hooks = Hooks::new(Method::resolve(args.hook), plan.fq_params());
 
     let result = async {
         if target.is_bridge {

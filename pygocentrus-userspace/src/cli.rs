@@ -6,7 +6,10 @@ use std::{net::IpAddr, str::FromStr, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::units::{Percent, parse_duration, parse_percent};
+use crate::{
+    plan::{GeSpec, parse_loss_model},
+    units::{Percent, Rate, parse_duration, parse_percent, parse_rate},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +44,9 @@ Examples:
 
   # every TCP segment from 198.18.0.2:6379 becomes a reset, for 30 seconds
   sudo pygocentrus attach --iface br0 --ip 198.18.0.2 --port 6379 --direction from --reset 100 --duration 30s
+
+  # 100 ms ± 20 ms (normal) on the replies of a service, at most 5 Mbit/s
+  sudo pygocentrus attach --iface br0 --ip 198.18.0.2 --direction from --delay 100ms --jitter 20ms --distribution normal --rate 5mbit
 
   # the same 10% of UDP datagrams damaged on every run, counters as JSON lines
   sudo pygocentrus attach --iface br0 --port 5353 --proto udp --corrupt 10 --seed 42 --json";
@@ -88,6 +94,45 @@ pub struct AttachArgs {
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub reset: Option<Percent>,
 
+    /// Hold matched packets back by this long before they leave (20ms,
+    /// 250us). Delay, jitter and rate need the fq qdisc: pygocentrus puts it
+    /// on the hooked ports and restores what was there on exit.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+
+    /// Vary the delay: ±DUR for the uniform distribution, a standard
+    /// deviation of DUR for the others.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub jitter: Option<Duration>,
+
+    /// Distribution of the jitter (netem's four).
+    #[arg(long, value_enum, value_name = "DIST")]
+    pub distribution: Option<Distribution>,
+
+    /// Delay only this share of matched packets (default: all).
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub delay_pct: Option<Percent>,
+
+    /// Never let jitter reorder a flow: a packet leaves no earlier than the
+    /// one before it in its flow.
+    #[arg(long)]
+    pub keep_order: bool,
+
+    /// Limit the matched traffic to this rate, shared by all its flows
+    /// (100kbit, 5mbit, 1gbit, 512kbps).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+
+    /// Burst loss with the Gilbert-Elliott model, parameters as netem's:
+    /// gemodel:P[,R[,1-H[,1-K]]] in percent (R defaults to 100-P, 1-H to
+    /// 100, 1-K to 0).
+    #[arg(long, value_name = "gemodel:P[,R[,1-H[,1-K]]]", value_parser = parse_loss_model)]
+    pub loss_model: Option<GeSpec>,
+
+    /// Send a copy of this share of matched packets.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub duplicate: Option<Percent>,
+
     /// Detach after this long (250us, 500ms, 30s, 2m).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -132,6 +177,14 @@ pub enum Direction {
     To,
     /// Packets sent by the target.
     From,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Distribution {
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

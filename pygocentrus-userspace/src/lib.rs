@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod cli;
 pub mod demo;
+pub mod dist;
 pub mod engine;
 pub mod hooks;
 pub mod netlink;
