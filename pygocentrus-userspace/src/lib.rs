@@ -13,8 +13,10 @@ pub mod demo;
 pub mod engine;
 pub mod hooks;
 pub mod netlink;
+pub mod netns;
 pub mod plan;
 pub mod privileges;
+pub mod signals;
 pub mod stats;
 pub mod units;
 
