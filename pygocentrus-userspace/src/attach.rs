@@ -1,11 +1,17 @@
 //! `pygocentrus attach`: plan → maps → hooks → counters, until a signal or
 //! the end of --duration, then everything is taken off again.
+//!
+//! [`Attachment`] is the plan at work on one interface; `demo` uses it too.
 
-use std::time::{Duration, Instant};
+use std::{
+    fmt,
+    ops::ControlFlow,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
-use tokio::signal::unix::{SignalKind, signal};
+use pygocentrus_common::Counters;
 
 use crate::{
     cli::AttachArgs,
@@ -14,16 +20,18 @@ use crate::{
     netlink::{Link, LinkEvent, Netlink, link_events},
     plan::{Plan, RuleSpec, UsageError},
     privileges,
+    signals::Signals,
     stats::Snapshot,
 };
 
 pub async fn run(args: AttachArgs) -> Result<()> {
     // Everything that can be refused is refused before anything is touched.
-    let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
-    let contents = plan.map_contents()?;
+    let plan = Plan {
+        rules: vec![RuleSpec::from_attach(&args)?],
+    };
+    plan.map_contents()?;
     privileges::check()?;
-    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut signals = Signals::install()?;
 
     let nl = Netlink::open()?;
     // Subscribe before listing ports, so that a port joining in between is
@@ -37,105 +45,189 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
     }
 
-    let mut engine = Engine::load().context("loading the classifier")?;
-    engine.install(&contents)?;
-    let mut hooks = Hooks::new(Method::resolve(args.hook), plan.fq_params());
+    let mut attachment = Attachment::start(plan, nl, target, Method::resolve(args.hook)).await?;
+    eprintln!("attached to {attachment}");
 
     let result = async {
-        if target.is_bridge {
-            engine.set_bridge(target.mac)?;
-            for port in nl.ports_of(target.index).await? {
-                hooks.attach(&mut engine, &nl, &port).await?;
-            }
-        } else {
-            hooks.attach(&mut engine, &nl, &target).await?;
-        }
-        let what = if target.is_bridge {
-            format!("bridge {} ({} ports)", target.name, hooks.len())
-        } else {
-            target.name.clone()
-        };
-        eprintln!("attached to {what} via {}: {}", hooks.method(), plan.rules[0]);
-
         let start = Instant::now();
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
-        let mut bridge_mac = target.mac;
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = signals.recv() => break,
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
-                _ = tick.tick() => report(&engine, &plan, start.elapsed(), args.json, "counters")?,
+                _ = tick.tick() => attachment.report(start.elapsed(), args.json, "counters")?,
                 event = events.next() => {
                     let Some(event) = event else { anyhow::bail!("the netlink event stream ended") };
-                    match event {
-                        LinkEvent::Removed(index) if index == target.index => {
-                            eprintln!("pygocentrus: {} was removed", target.name);
-                            break;
-                        }
-                        LinkEvent::Removed(index) => {
-                            if hooks.contains(index) {
-                                hooks.detach(&mut engine, &nl, index).await;
-                                eprintln!("pygocentrus: port {index} is gone");
-                            }
-                        }
-                        LinkEvent::Changed(link) if target.is_bridge => {
-                            on_bridge_change(&mut engine, &nl, &mut hooks, &target, &mut bridge_mac, link).await?;
-                        }
-                        LinkEvent::Changed(_) => {}
+                    if attachment.on_link_event(event).await?.is_break() {
+                        break;
                     }
                 }
             }
         }
-        report(&engine, &plan, start.elapsed(), args.json, "summary")
+        attachment.report(start.elapsed(), args.json, "summary")
     }
     .await;
 
-    hooks.detach_all(&mut engine, &nl).await;
+    let name = attachment.target.name.clone();
+    attachment.detach().await;
     match &result {
-        Ok(()) => eprintln!("detached from {}: every hook removed", target.name),
-        Err(_) => eprintln!("pygocentrus: detached from {} after an error", target.name),
+        Ok(()) => eprintln!("detached from {name}: every hook removed"),
+        Err(_) => eprintln!("pygocentrus: detached from {name} after an error"),
     }
     result
 }
 
-async fn on_bridge_change(
-    engine: &mut Engine,
-    nl: &Netlink,
-    hooks: &mut Hooks,
-    bridge: &Link,
-    bridge_mac: &mut Option<[u8; 6]>,
-    link: Link,
-) -> Result<()> {
-    if link.index == bridge.index {
-        // A bridge without a fixed address takes the lowest of its ports'.
-        if link.mac.is_some() && link.mac != *bridge_mac {
-            *bridge_mac = link.mac;
-            engine.set_bridge(link.mac)?;
-        }
-        return Ok(());
-    }
-    let member = link.controller == Some(bridge.index);
-    if member && !hooks.contains(link.index) {
-        match hooks.attach(engine, nl, &link).await {
-            Ok(()) => eprintln!("pygocentrus: hooked new port {}", link.name),
-            Err(e) => eprintln!("pygocentrus: warning: could not hook new port {}: {e:#}", link.name),
-        }
-    } else if !member && hooks.contains(link.index) {
-        hooks.detach(engine, nl, link.index).await;
-        eprintln!("pygocentrus: {} left the bridge; unhooked", link.name);
-    }
-    Ok(())
+/// A plan at work on one interface: the classifier loaded, its maps filled,
+/// hooked onto the interface or onto every port of the bridge.
+///
+/// Interfaces are those of the network namespace the calling thread is in
+/// when it starts, reacts to link events and detaches. Call [`detach`]: on
+/// the TCX path dropping is enough, but the netlink path leaves filters.
+///
+/// [`detach`]: Attachment::detach
+pub struct Attachment {
+    plan: Plan,
+    engine: Engine,
+    hooks: Hooks,
+    nl: Netlink,
+    target: Link,
+    bridge_mac: Option<[u8; 6]>,
 }
 
-fn report(engine: &Engine, plan: &Plan, elapsed: Duration, json: bool, event: &str) -> Result<()> {
-    let slots = engine.counters()?;
-    let snap = Snapshot { elapsed, slots: &slots, rules: &plan.rules };
-    if json {
-        println!("{}", snap.json(event));
-    } else {
-        eprintln!("{}{}", if event == "summary" { "summary: " } else { "" }, snap.text());
+impl Attachment {
+    /// Loads the classifier with `plan` and hooks it onto `target`. On
+    /// failure, whatever was hooked is taken off again.
+    pub async fn start(plan: Plan, nl: Netlink, target: Link, method: Method) -> Result<Self> {
+        let contents = plan.map_contents()?;
+        let mut engine = Engine::load().context("loading the classifier")?;
+        engine.install(&contents)?;
+        let hooks = Hooks::new(method, plan.fq_params());
+        let mut this = Self {
+            plan,
+            engine,
+            hooks,
+            nl,
+            bridge_mac: target.mac,
+            target,
+        };
+        if let Err(e) = this.hook_target().await {
+            this.detach().await;
+            return Err(e);
+        }
+        Ok(this)
     }
-    Ok(())
+
+    async fn hook_target(&mut self) -> Result<()> {
+        if self.target.is_bridge {
+            self.engine.set_bridge(self.target.mac)?;
+            for port in self.nl.ports_of(self.target.index).await? {
+                self.hooks.attach(&mut self.engine, &self.nl, &port).await?;
+            }
+        } else {
+            self.hooks
+                .attach(&mut self.engine, &self.nl, &self.target)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Counters summed over CPUs: slot 0 (totals), then one per rule.
+    pub fn counters(&self) -> Result<Vec<Counters>> {
+        Ok(self.engine.counters()?)
+    }
+
+    fn report(&self, elapsed: Duration, json: bool, event: &str) -> Result<()> {
+        let slots = self.counters()?;
+        let snap = Snapshot {
+            elapsed,
+            slots: &slots,
+            rules: &self.plan.rules,
+        };
+        if json {
+            println!("{}", snap.json(event));
+        } else {
+            eprintln!(
+                "{}{}",
+                if event == "summary" { "summary: " } else { "" },
+                snap.text()
+            );
+        }
+        Ok(())
+    }
+
+    /// Follows the target: hooks ports that join the bridge, unhooks ports
+    /// that leave or vanish. Breaks when the target itself is removed.
+    pub async fn on_link_event(&mut self, event: LinkEvent) -> Result<ControlFlow<()>> {
+        match event {
+            LinkEvent::Removed(index) if index == self.target.index => {
+                eprintln!("pygocentrus: {} was removed", self.target.name);
+                return Ok(ControlFlow::Break(()));
+            }
+            LinkEvent::Removed(index) => {
+                if self.hooks.contains(index) {
+                    self.hooks.detach(&mut self.engine, &self.nl, index).await;
+                    eprintln!("pygocentrus: port {index} is gone");
+                }
+            }
+            LinkEvent::Changed(link) if self.target.is_bridge => {
+                self.on_bridge_change(link).await?
+            }
+            LinkEvent::Changed(_) => {}
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    async fn on_bridge_change(&mut self, link: Link) -> Result<()> {
+        if link.index == self.target.index {
+            // A bridge without a fixed address takes the lowest of its ports'.
+            if link.mac.is_some() && link.mac != self.bridge_mac {
+                self.bridge_mac = link.mac;
+                self.engine.set_bridge(link.mac)?;
+            }
+            return Ok(());
+        }
+        let member = link.controller == Some(self.target.index);
+        if member && !self.hooks.contains(link.index) {
+            match self.hooks.attach(&mut self.engine, &self.nl, &link).await {
+                Ok(()) => eprintln!("pygocentrus: hooked new port {}", link.name),
+                Err(e) => eprintln!(
+                    "pygocentrus: warning: could not hook new port {}: {e:#}",
+                    link.name
+                ),
+            }
+        } else if !member && self.hooks.contains(link.index) {
+            self.hooks
+                .detach(&mut self.engine, &self.nl, link.index)
+                .await;
+            eprintln!("pygocentrus: {} left the bridge; unhooked", link.name);
+        }
+        Ok(())
+    }
+
+    /// Takes every hook off. Problems are reported and do not stop it.
+    pub async fn detach(mut self) {
+        self.hooks.detach_all(&mut self.engine, &self.nl).await;
+    }
+}
+
+/// `bridge br0 (2 ports) via tcx: udp to/from *:5000 drop 30%`
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.target.is_bridge {
+            write!(
+                f,
+                "bridge {} ({} ports)",
+                self.target.name,
+                self.hooks.len()
+            )?;
+        } else {
+            f.write_str(&self.target.name)?;
+        }
+        write!(f, " via {}", self.hooks.method())?;
+        for (i, rule) in self.plan.rules.iter().enumerate() {
+            write!(f, "{}{rule}", if i == 0 { ": " } else { "; " })?;
+        }
+        Ok(())
+    }
 }

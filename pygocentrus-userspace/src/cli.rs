@@ -33,7 +33,9 @@ pub enum Command {
     #[command(after_long_help = ATTACH_EXAMPLES)]
     Attach(AttachArgs),
     /// Run a self-contained demonstration in network namespaces: two hosts on
-    /// a bridge, real traffic, then the same traffic under attack.
+    /// a bridge, real traffic, then the same traffic under attack. Exits
+    /// non-zero if an expected effect did not show, so it doubles as a smoke
+    /// test.
     Demo(DemoArgs),
 }
 
@@ -157,9 +159,14 @@ pub struct AttachArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// UDP datagrams sent in each phase.
-    #[arg(long, default_value_t = 1000)]
+    /// UDP datagrams sent in each phase (100 to 100000: percentages need a
+    /// few hundred to show).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub packets: u32,
+
+    /// How to hook, as for `attach`: run the demo on either path.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hook: HookMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

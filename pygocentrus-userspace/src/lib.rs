@@ -14,8 +14,10 @@ pub mod dist;
 pub mod engine;
 pub mod hooks;
 pub mod netlink;
+pub mod netns;
 pub mod plan;
 pub mod privileges;
+pub mod signals;
 pub mod stats;
 pub mod units;
 

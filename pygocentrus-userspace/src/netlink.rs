@@ -1,17 +1,23 @@
 //! What pygocentrus learns from and asks of rtnetlink: interfaces, bridge
 //! ports, link events, the clsact qdisc of the netlink hook path, and the
-//! `fq` root qdisc that holds delayed packets.
+//! `fq` root qdisc that holds delayed packets; and the few links and
+//! addresses the demo's lab is made of.
+
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd as _},
+};
 
 use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
-    Handle, MulticastGroup,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, MulticastGroup,
     packet_core::{
         DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
         NetlinkPayload,
     },
     packet_route::{
-        RouteNetlinkMessage,
-        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        AddressFamily, RouteNetlinkMessage,
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
         tc::{TcAttribute, TcHandle, TcMessage, TcOption},
     },
 };
@@ -23,6 +29,8 @@ pub enum NetlinkError {
     Socket(#[from] std::io::Error),
     #[error("netlink: {0}")]
     Request(#[from] rtnetlink::Error),
+    #[error("interface {0} not found")]
+    NoSuchLink(String),
 }
 
 impl NetlinkError {
@@ -115,6 +123,13 @@ impl Netlink {
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
         Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Like [`Netlink::link`], for an interface that must exist.
+    pub async fn existing_link(&self, name: &str) -> Result<Link, NetlinkError> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
     }
 
     pub async fn ports_of(&self, bridge: u32) -> Result<Vec<Link>, NetlinkError> {
@@ -242,7 +257,11 @@ fn link_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
             Some(LinkEvent::Changed(Link::from_message(&m)))
         }
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+        // An AF_BRIDGE RTM_DELLINK only says a port left its bridge: the
+        // link lives on, and the RTM_NEWLINK that comes with it says so.
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m))
+            if m.header.interface_family != AddressFamily::Bridge =>
+        {
             Some(LinkEvent::Removed(m.header.index))
         }
         _ => None,
@@ -260,5 +279,65 @@ impl Netlink {
             n += msgs.iter().filter(|m| m.header.index == index as i32).count();
         }
         Ok(n)
+    }
+}
+
+/// Building a lab (`pygocentrus demo`): `ip link add` and `ip addr add`.
+impl Netlink {
+    /// A bridge, up, with STP off (ports forward at once).
+    pub async fn add_bridge(&self, name: &str) -> Result<Link, NetlinkError> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await?;
+        self.existing_link(name).await
+    }
+
+    /// A veth pair: `name` here, up, a port of bridge `controller`; `peer`,
+    /// down, in the namespace `peer_netns` refers to. (The peer cannot be
+    /// brought up in the same request: the kernel opens it before pairing it
+    /// and answers ENOTCONN.)
+    pub async fn add_bridge_port_veth(
+        &self,
+        name: &str,
+        controller: u32,
+        peer: &str,
+        peer_netns: impl AsFd,
+    ) -> Result<Link, NetlinkError> {
+        let peer = LinkUnspec::new_with_name(peer)
+            .setns_by_fd(peer_netns.as_fd().as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .controller(controller)
+            .up()
+            .build();
+        self.handle.link().add(veth).execute().await?;
+        self.existing_link(name).await
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        Ok(self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await?)
+    }
+
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        Ok(self
+            .handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await?)
     }
 }

@@ -362,6 +362,10 @@ pub struct MapContents {
     pub flags: u32,
 }
 
+/// A trie entry's identity while the plan is encoded: (prefix length, port,
+/// address), port and address in network byte order.
+type EntryKey = (u32, [u8; 2], [u8; 16]);
+
 impl Plan {
     /// How to size `fq` if some rule sets departure times: room for all
     /// that is in flight during the longest delay (mean plus four standard
@@ -398,8 +402,7 @@ impl Plan {
         }
         let mut out = MapContents::default();
         // (prefix, key) → (value, which rule filled each cell)
-        let mut entries: BTreeMap<(u32, [u8; 2], [u8; 16]), (TargetValue, [usize; 6])> =
-            BTreeMap::new();
+        let mut entries: BTreeMap<EntryKey, (TargetValue, [usize; 6])> = BTreeMap::new();
         for (i, spec) in self.rules.iter().enumerate() {
             let id = i as u32 + 1;
             out.rules.push((id, spec.rule()));
@@ -426,7 +429,7 @@ impl Plan {
         // (same port, shorter prefix). Shortest prefixes first, so that
         // inheritance chains through.
         let list: Vec<_> = entries.into_iter().map(|(k, (v, _))| (k, v)).collect();
-        let mut done: Vec<((u32, [u8; 2], [u8; 16]), TargetValue)> = Vec::with_capacity(list.len());
+        let mut done: Vec<(EntryKey, TargetValue)> = Vec::with_capacity(list.len());
         for ((prefix, port, addr), mut value) in list {
             let cover = done
                 .iter()
