@@ -27,6 +27,7 @@ use crate::{
     cli::HookMode,
     engine::{Engine, Hook},
     netlink::{Link, Netlink},
+    plan::UsageError,
 };
 
 pub const STATE_DIR: &str = "/run/pygocentrus";
@@ -39,15 +40,23 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn resolve(mode: HookMode) -> Self {
-        match mode {
+    /// The method for `mode` on this kernel; `--hook tcx` on a kernel
+    /// without TCX is a usage error, said in one line.
+    pub fn resolve(mode: HookMode) -> Result<Self, UsageError> {
+        let kernel = KernelVersion::current().ok();
+        let has_tcx = kernel.is_some_and(|v| v >= KernelVersion::new(6, 6, 0));
+        Ok(match mode {
+            HookMode::Tcx if !has_tcx => {
+                let version = kernel.map_or_else(|| "this kernel".to_owned(), |v| format!("Linux {v}"));
+                return Err(UsageError::Kernel(format!(
+                    "{version} has no TCX (it came in 6.6): use --hook netlink (or auto)"
+                )));
+            }
             HookMode::Tcx => Method::Tcx,
             HookMode::Netlink => Method::Netlink,
-            HookMode::Auto => {
-                let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-                if tcx { Method::Tcx } else { Method::Netlink }
-            }
-        }
+            HookMode::Auto if has_tcx => Method::Tcx,
+            HookMode::Auto => Method::Netlink,
+        })
     }
 }
 
@@ -104,8 +113,7 @@ impl Hooks {
         if self.method == Method::Netlink {
             let kinds = nl.qdisc_kinds(link.index).await?;
             if !kinds.iter().any(|k| k == "clsact") {
-                tc::qdisc_add_clsact(&link.name)
-                    .with_context(|| format!("adding a clsact qdisc to {}", link.name))?;
+                tc::qdisc_add_clsact(&link.name).with_context(|| format!("adding a clsact qdisc to {}", link.name))?;
                 port.added_clsact = true;
             }
         }

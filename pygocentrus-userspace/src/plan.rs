@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use ipnet::IpNet;
 use pygocentrus_common::{
-    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, MAX_RULES, PORT_BITS,
-    RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TargetKey, TargetValue,
+    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, MAX_RULES, PORT_BITS, RULE_SEEDED, Rule, SIDE_FROM,
+    SIDE_TO, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
@@ -24,7 +24,9 @@ pub enum UsageError {
     NoTarget,
     #[error("--reset needs TCP, but --proto is udp")]
     ResetNeedsTcp,
-    #[error("--corrupt-payload needs TCP or UDP, and --proto any without --port also matches ICMP: add --proto or --port")]
+    #[error(
+        "--corrupt-payload needs TCP or UDP, and --proto any without --port also matches ICMP: add --proto or --port"
+    )]
     PayloadNeedsL4,
     #[error("rules {0} and {1} both match {2}")]
     Overlap(usize, usize, String),
@@ -34,6 +36,9 @@ pub enum UsageError {
     UnknownInterface(String),
     #[error("{0}")]
     Privileges(String),
+    /// The kernel lacks what the flags ask for.
+    #[error("{0}")]
+    Kernel(String),
 }
 
 /// The faults of a rule, as probabilities.
@@ -47,9 +52,7 @@ pub struct Faults {
 
 impl Faults {
     fn any(&self) -> bool {
-        [self.drop, self.reset, self.corrupt, self.corrupt_payload]
-            .iter()
-            .any(|p| p.is_some_and(|p| p.value() > 0.0))
+        [self.drop, self.reset, self.corrupt, self.corrupt_payload].iter().any(|p| p.is_some_and(|p| p.value() > 0.0))
     }
 }
 
@@ -71,12 +74,7 @@ impl RuleSpec {
             port: a.port,
             proto: a.proto,
             direction: a.direction,
-            faults: Faults {
-                drop: a.drop,
-                reset: a.reset,
-                corrupt: a.corrupt,
-                corrupt_payload: a.corrupt_payload,
-            },
+            faults: Faults { drop: a.drop, reset: a.reset, corrupt: a.corrupt, corrupt_payload: a.corrupt_payload },
             seed: a.seed,
         };
         spec.validate(a.all)?;
@@ -123,10 +121,9 @@ impl RuleSpec {
                 PORT_BITS + ADDR_BITS - 32 + u32::from(n.prefix_len()),
                 TargetKey { port, addr: n.network().to_ipv6_mapped().octets() },
             ),
-            Some(IpNet::V6(n)) => (
-                PORT_BITS + u32::from(n.prefix_len()),
-                TargetKey { port, addr: n.network().octets() },
-            ),
+            Some(IpNet::V6(n)) => {
+                (PORT_BITS + u32::from(n.prefix_len()), TargetKey { port, addr: n.network().octets() })
+            }
         }
     }
 
@@ -144,9 +141,7 @@ impl RuleSpec {
             (Proto::Any, Some(_)) => &[CLASS_TCP, CLASS_UDP],
             (Proto::Any, None) => &[CLASS_TCP, CLASS_UDP, CLASS_OTHER],
         };
-        sides
-            .iter()
-            .flat_map(move |s| classes.iter().map(move |c| TargetValue::index(*s, *c)))
+        sides.iter().flat_map(move |s| classes.iter().map(move |c| TargetValue::index(*s, *c)))
     }
 }
 
@@ -228,9 +223,8 @@ impl Plan {
                 None => out.flags |= CONFIG_PORTLESS,
             }
             let (prefix, key) = spec.key();
-            let (value, owners) = entries
-                .entry((prefix, key.port, key.addr))
-                .or_insert((TargetValue::default(), [0; 6]));
+            let (value, owners) =
+                entries.entry((prefix, key.port, key.addr)).or_insert((TargetValue::default(), [0; 6]));
             for cell in spec.cells() {
                 if value.rules[cell] != 0 {
                     return Err(UsageError::Overlap(owners[cell], i + 1, target_name(spec)));
@@ -261,10 +255,7 @@ impl Plan {
             }
             done.push(((prefix, port, addr), value));
         }
-        out.targets = done
-            .into_iter()
-            .map(|((prefix, port, addr), v)| (prefix, TargetKey { port, addr }, v))
-            .collect();
+        out.targets = done.into_iter().map(|((prefix, port, addr), v)| (prefix, TargetKey { port, addr }, v)).collect();
         Ok(out)
     }
 }
