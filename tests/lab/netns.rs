@@ -4,9 +4,10 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
     process::{Command, Output},
     sync::{
-        Mutex,
+        Mutex, Once,
         atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
@@ -47,6 +48,31 @@ fn set_sysctl(ns: &str, key: &str, value: &str) {
     in_netns(ns, || std::fs::write(&path, value)).unwrap_or_else(|e| panic!("setting {key} in {ns}: {e}"));
 }
 
+/// Deletes, once per process, the namespaces of labs whose test process
+/// died without cleaning up (killed by a timeout or SIGKILL: no `Drop`).
+fn sweep_dead_labs() {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| {
+        let Ok(dir) = std::fs::read_dir("/var/run/netns") else { return };
+        for name in dir.flatten().filter_map(|e| e.file_name().into_string().ok()) {
+            if lab_pid(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                eprintln!("lab: deleting {name}, left by a test process that died");
+                let _ = output("ip", &["netns", "del", &name]);
+            }
+        }
+    });
+}
+
+/// The process that made namespace `name`, if it is a lab's:
+/// `pyg-TAG-PID-N-h` or `pyg-TAG-PID-N-cK`.
+fn lab_pid(name: &str) -> Option<u32> {
+    let parts: Vec<&str> = name.strip_prefix("pyg-")?.split('-').collect();
+    let [_tag, pid, n, role] = parts[..] else { return None };
+    let role_ok = role == "h" || role.strip_prefix('c').is_some_and(|k| k.parse::<u32>().is_ok());
+    (role_ok && n.parse::<u32>().is_ok()).then_some(())?;
+    pid.parse().ok()
+}
+
 /// Runs a command, panicking with its stderr if it fails; returns stdout.
 fn run(program: &str, args: &[&str]) -> String {
     let out = output(program, args);
@@ -83,12 +109,6 @@ impl Container {
 
     pub fn addr(&self, v6: bool, port: u16) -> SocketAddr {
         SocketAddr::new(self.ip(v6), port)
-    }
-
-    /// Sets `net.*` sysctl `key` (`net.ipv4.tcp_timestamps`) in this
-    /// container only.
-    pub fn sysctl(&self, key: &str, value: &str) {
-        set_sysctl(&self.ns, key, value);
     }
 
     /// Runs `f` inside this container's namespace.
@@ -128,6 +148,8 @@ impl Lab {
     /// test in the namespace names, for whoever lists them.
     pub fn new(tag: &str, containers: usize) -> Self {
         require_root();
+        assert!(tag.chars().all(|c| c.is_ascii_alphanumeric()), "lab tag '{tag}': letters and digits only");
+        sweep_dead_labs();
         let name = format!("pyg-{tag}-{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::SeqCst));
         let lab = Self {
             host: format!("{name}-h"),
@@ -147,6 +169,13 @@ impl Lab {
             lab.add_container();
         }
         lab
+    }
+
+    /// A lab with two containers: the usual client and server.
+    pub fn pair(tag: &str) -> (Self, Container, Container) {
+        let lab = Self::new(tag, 2);
+        let (client, server) = (lab.container(0), lab.container(1));
+        (lab, client, server)
     }
 
     /// The host namespace (where the bridge lives and the tool runs).
@@ -210,6 +239,19 @@ impl Lab {
         run("bridge", &["-n", &self.host, "fdb", "replace", &c.mac, "dev", port, "master", "static"]);
         containers.push(c.clone());
         c
+    }
+
+    /// Gives the bridge itself an address, 198.18.0.1/24, as Docker gives
+    /// its bridges a gateway address for the host's own services.
+    pub fn add_bridge_address(&self) -> Ipv4Addr {
+        let gateway = Ipv4Addr::new(198, 18, 0, 1);
+        self.ip(&self.host, &["addr", "add", &format!("{gateway}/24"), "dev", BRIDGE]);
+        gateway
+    }
+
+    /// Takes a container's port off the bridge (the port stays).
+    pub fn unplug(&self, c: &Container) {
+        self.ip(&self.host, &["link", "set", &c.port, "nomaster"]);
     }
 
     /// Tells `at` the MAC address of `of`, for IPv4 and IPv6.

@@ -4,12 +4,12 @@ use std::{
     collections::BTreeSet,
     io,
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
 
-use crate::Container;
+use crate::{Container, in_netns};
 
 /// Receive buffer of every UDP receiver: far more than a test sends, so the
 /// receiver never loses a datagram the tool let through.
@@ -73,9 +73,13 @@ impl UdpFlow {
     /// From `from` (source port `src_port`, 0 for any) to `to:dst_port`,
     /// over IPv6 if `v6`.
     pub fn new(from: &Container, src_port: u16, to: &Container, dst_port: u16, v6: bool) -> Self {
-        let dst = to.addr(v6, dst_port);
-        let rx = to.run(|| bind_udp(dst));
-        let tx = from.run(|| bind_udp(from.addr(v6, src_port)));
+        Self::between(&from.ns, from.addr(v6, src_port), &to.ns, to.addr(v6, dst_port))
+    }
+
+    /// From `src` in namespace `src_ns` to `dst` in namespace `dst_ns`.
+    pub fn between(src_ns: &str, src: SocketAddr, dst_ns: &str, dst: SocketAddr) -> Self {
+        let rx = in_netns(dst_ns, || bind_udp(dst));
+        let tx = in_netns(src_ns, || bind_udp(src));
         Self { tx, rx, dst }
     }
 
@@ -110,12 +114,18 @@ impl UdpFlow {
 
     /// The next datagram, if one arrives within `timeout`.
     pub fn receive_one(&self, timeout: Duration) -> Option<Vec<u8>> {
-        self.rx.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).expect("setting a read timeout");
+        let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 2048];
-        match self.rx.recv(&mut buf) {
-            Ok(n) => Some(buf[..n].to_vec()),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => None,
-            Err(e) => panic!("receiving on {}: {e}", self.dst),
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            self.rx.set_read_timeout(Some(left)).expect("setting a read timeout");
+            match self.rx.recv(&mut buf) {
+                Ok(n) => return Some(buf[..n].to_vec()),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return None,
+                // A receive with a timeout is not restarted after a signal.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("receiving on {}: {e}", self.dst),
+            }
         }
     }
 }

@@ -7,9 +7,9 @@ use std::{
     time::Duration,
 };
 
-use pygocentrus_tests::{BRIDGE, Lab, NetCounters, UdpFlow, args, tcp_connect, tcp_listener};
+use pygocentrus_tests::{Lab, NetCounters, UdpFlow, args, tcp_connect, tcp_listener};
 
-use crate::PORT;
+use crate::{PORT, rule};
 
 const N: u32 = 200;
 
@@ -17,13 +17,10 @@ const N: u32 = 200;
 /// kernel, not the tool, threw them away: `counter` in its own statistics
 /// grows by the number sent.
 fn corrupt_all_udp(tag: &str, v6: bool, counter: &str) {
-    let lab = Lab::new(tag, 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair(tag);
     let flow = UdpFlow::new(&client, 0, &server, PORT, v6);
-    let ip = server.ip(v6).to_string();
     let before = NetCounters::read(&server.ns);
-    let tool =
-        lab.attach(&args!["--iface", BRIDGE, "--ip", ip, "--port", PORT, "--proto", "udp", "--corrupt", 100, "--json"]);
+    let tool = lab.attach(&rule("udp", Some(server.ip(v6)), args!["--corrupt", 100, "--json"]));
     let x = flow.exchange(N);
     let out = tool.terminate();
     let errors = before.growth(&NetCounters::read(&server.ns), counter);
@@ -50,32 +47,31 @@ fn corrupt_ipv6_is_a_header_error_at_the_receiver() {
 
 #[test]
 fn tcp_recovers_from_corrupt_20_by_retransmitting() {
-    // 1 MiB: enough segments (and ACKs) that at 20% corruption in both
-    // directions some are certainly lost, few enough to finish in a second
-    // or two even with retransmission timeouts.
+    // 1 MiB: some 70 or more (GSO) packets, so at 20% some are certainly
+    // corrupted (0.8^70 < 1e-6).
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let lab = Lab::new("csumtcp", 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair("csumtcp");
     let listener = tcp_listener(&server, false, PORT);
-    let ip = server.ip4.to_string();
-    let tool =
-        lab.attach(&args!["--iface", BRIDGE, "--ip", ip, "--port", PORT, "--proto", "tcp", "--corrupt", 20, "--json"]);
+    // Connected before the tool runs, and only the data direction damaged:
+    // a lost SYN costs a 1 s retry, and lost ACKs inflate the sender's RTT
+    // estimate (an ACK that does arrive covers segments sent long before),
+    // hence its retransmission timeout, to seconds: the transfer would
+    // sometimes take tens of seconds. Lost data segments alone are repaired
+    // in milliseconds, at worst a few timeouts of 200 ms and up.
+    let mut conn = tcp_connect(&client, server.addr(false, PORT), Duration::from_secs(10)).expect("connecting");
+    let (mut accepted, _) = listener.accept().expect("accepting");
+    let tool = lab.attach(&rule("tcp", Some(server.ip(false)), args!["--direction", "to", "--corrupt", 20, "--json"]));
     let (client_before, server_before) = (NetCounters::read(&client.ns), NetCounters::read(&server.ns));
 
-    // Timeouts only keep a broken run from hanging: TCP retries a lost SYN
-    // after 1 s, and a lost tail after at least 200 ms, doubling each time.
-    // Under QEMU's emulation (the kernel matrix) RTTs and so timeouts are
-    // far longer: two minutes is only a guard against a hang.
-    let timeout = Some(Duration::from_secs(120));
+    // Only keeps a broken run from hanging.
+    let timeout = Some(Duration::from_secs(30));
     let received = std::thread::scope(|s| {
         let reader = s.spawn(|| {
-            let (mut conn, _) = listener.accept().expect("accepting the client");
-            conn.set_read_timeout(timeout).expect("setting a read timeout");
+            accepted.set_read_timeout(timeout).expect("setting a read timeout");
             let mut got = Vec::new();
-            conn.read_to_end(&mut got).expect("reading what the client sent");
+            accepted.read_to_end(&mut got).expect("reading what the client sent");
             got
         });
-        let mut conn = tcp_connect(&client, server.addr(false, PORT), Duration::from_secs(120)).expect("connecting");
         conn.set_write_timeout(timeout).expect("setting a write timeout");
         conn.write_all(&data).expect("sending");
         conn.shutdown(Shutdown::Write).expect("closing the sending side");
@@ -94,11 +90,9 @@ fn tcp_recovers_from_corrupt_20_by_retransmitting() {
 /// Flips a byte of every datagram and checks that each arrives, one byte
 /// different from what was sent.
 fn corrupt_payload_all_udp(tag: &str, v6: bool) {
-    let lab = Lab::new(tag, 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair(tag);
     let flow = UdpFlow::new(&client, 0, &server, PORT, v6);
-    let tool =
-        lab.attach(&args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--corrupt-payload", 100, "--json"]);
+    let tool = lab.attach(&rule("udp", None, args!["--corrupt-payload", 100, "--json"]));
     let x = flow.exchange(N);
     let out = tool.terminate();
 

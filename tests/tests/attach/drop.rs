@@ -1,19 +1,21 @@
 //! --drop: which packets vanish, how many, and how reproducibly.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use pygocentrus_common::{Action, FlowKey, PROTO_UDP, decide};
-use pygocentrus_tests::{BRIDGE, Container, Lab, NetCounters, UdpFlow, args};
+use pygocentrus_tests::{Container, Lab, NetCounters, UdpFlow, args};
 
-use crate::{OTHER_PORT, PORT, assert_binomial};
+use crate::{OTHER_PORT, PORT, assert_binomial, rule};
 
 #[test]
 fn drop_100_loses_every_datagram_to_the_port_and_none_to_another() {
-    let lab = Lab::new("drop", 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair("drop");
     let target = UdpFlow::new(&client, 0, &server, PORT, false);
     let other = UdpFlow::new(&client, 0, &server, OTHER_PORT, false);
-    let tool = lab.attach(&args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--drop", 100, "--json"]);
+    let tool = lab.attach(&rule("udp", None, args!["--drop", 100, "--json"]));
 
     // Exact: at 100% nothing may pass, and nothing else may be touched.
     let hit = target.exchange(200);
@@ -28,11 +30,10 @@ fn drop_100_loses_every_datagram_to_the_port_and_none_to_another() {
 #[test]
 fn drop_30_loses_a_binomial_share_and_counts_it() {
     const N: u32 = 2000;
-    let lab = Lab::new("drop30", 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair("drop30");
     let flow = UdpFlow::new(&client, 0, &server, PORT, false);
     let before = NetCounters::read(&server.ns);
-    let tool = lab.attach(&args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--drop", 30, "--json"]);
+    let tool = lab.attach(&rule("udp", None, args!["--drop", 30, "--json"]));
     let x = flow.exchange(N);
     let out = tool.terminate();
 
@@ -55,27 +56,11 @@ fn drop_30_loses_a_binomial_share_and_counts_it() {
 
 #[test]
 fn direction_to_spares_what_the_target_sends() {
-    let lab = Lab::new("dirto", 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair("dirto");
     let to_target = UdpFlow::new(&client, 0, &server, PORT, false);
     // The target answers from the port the rule names.
     let from_target = to_target.reversed();
-    let ip = server.ip4.to_string();
-    let tool = lab.attach(&args![
-        "--iface",
-        BRIDGE,
-        "--ip",
-        ip,
-        "--port",
-        PORT,
-        "--proto",
-        "udp",
-        "--direction",
-        "to",
-        "--drop",
-        100,
-        "--json"
-    ]);
+    let tool = lab.attach(&rule("udp", Some(server.ip(false)), args!["--direction", "to", "--drop", 100, "--json"]));
     let to = to_target.exchange(200);
     let from = from_target.exchange(200);
     let out = tool.terminate();
@@ -86,13 +71,11 @@ fn direction_to_spares_what_the_target_sends() {
 
 #[test]
 fn ipv6_target_is_dropped_and_its_other_port_and_ipv4_are_not() {
-    let lab = Lab::new("ipv6", 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair("ipv6");
     let target = UdpFlow::new(&client, 0, &server, PORT, true);
     let other_port = UdpFlow::new(&client, 0, &server, OTHER_PORT, true);
     let same_port_v4 = UdpFlow::new(&client, 0, &server, PORT, false);
-    let ip = server.ip6.to_string();
-    let tool = lab.attach(&args!["--iface", BRIDGE, "--ip", ip, "--port", PORT, "--drop", 100, "--json"]);
+    let tool = lab.attach(&rule("any", Some(server.ip(true)), args!["--drop", 100, "--json"]));
     let hit = target.exchange(200);
     let spared = other_port.exchange(200);
     let v4 = same_port_v4.exchange(200);
@@ -103,6 +86,26 @@ fn ipv6_target_is_dropped_and_its_other_port_and_ipv4_are_not() {
     assert_eq!(out.counter("dropped"), 200, "{out}");
 }
 
+#[test]
+fn traffic_to_the_bridge_itself_is_judged_as_it_enters() {
+    let lab = Lab::new("brself", 1);
+    let client = lab.container(0);
+    let gateway = IpAddr::from(lab.add_bridge_address());
+    // The host's own sockets sit behind the bridge device: a datagram for
+    // them never leaves by a port, and only the ingress hook of the port it
+    // enters by can judge it.
+    let to_host =
+        |port| UdpFlow::between(&client.ns, client.addr(false, 0), lab.host(), SocketAddr::new(gateway, port));
+    let (target, other) = (to_host(PORT), to_host(OTHER_PORT));
+    let tool = lab.attach(&rule("udp", Some(gateway), args!["--drop", 100, "--json"]));
+    let hit = target.exchange(200);
+    let spared = other.exchange(200);
+    let out = tool.terminate();
+    assert_eq!(hit.received(), 0, "datagrams to the bridge's {gateway}:{PORT} arrived");
+    assert_eq!(spared.received(), 200, "datagrams to the bridge's {gateway}:{OTHER_PORT} were lost");
+    assert_eq!(out.counter("dropped"), 200, "{out}");
+}
+
 /// Datagrams per seeded run, and the source port that makes every run the
 /// same flow.
 const SEEDED_N: u32 = 200;
@@ -110,13 +113,10 @@ const SOURCE_PORT: u16 = 40_000;
 
 #[test]
 fn seeded_runs_drop_the_same_datagrams() {
-    let lab = Lab::new("seed", 2);
-    let (client, server) = (lab.container(0), lab.container(1));
+    let (lab, client, server) = Lab::pair("seed");
     let flow = UdpFlow::new(&client, SOURCE_PORT, &server, PORT, false);
     let lost = |seed: u64| {
-        let tool = lab.attach(&args![
-            "--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--drop", 50, "--seed", seed, "--json"
-        ]);
+        let tool = lab.attach(&rule("udp", None, args!["--drop", 50, "--seed", seed, "--json"]));
         let x = flow.exchange(SEEDED_N);
         tool.terminate();
         x.lost_seqs()

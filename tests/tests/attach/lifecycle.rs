@@ -9,12 +9,13 @@ use std::{
 use nix::sys::signal::Signal;
 use pygocentrus_common::{PROG_EGRESS, PROG_INGRESS};
 use pygocentrus_tests::{BRIDGE, Lab, PortHooks, TOOL_TIMEOUT, UdpFlow, args, payload};
+use serde_json::Value;
 
-use crate::{OTHER_PORT, PORT};
+use crate::{OTHER_PORT, PORT, rule};
 
 /// A rule that takes every UDP datagram to [`PORT`], hooked with `hook`.
 fn drop_all(hook: &str) -> Vec<String> {
-    args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--drop", 100, "--hook", hook]
+    rule("udp", None, args!["--drop", 100, "--hook", hook])
 }
 
 /// Whether `hooks` are what the tool puts on a port with `hook`.
@@ -69,18 +70,24 @@ fn sigint_on_netlink_removes_filters_and_clsact() {
 #[test]
 fn duration_ends_the_run_by_itself_and_leaves_nothing() {
     let lab = Lab::new("dur", 2);
-    let mut rule = drop_all("netlink");
-    // Long enough to look at the hooks while they are in place.
-    rule.extend(args!["--duration", "2s"]);
+    let mut run = drop_all("netlink");
+    // Long enough to look at the hooks while they are in place, and for
+    // counters to be printed once a second.
+    run.extend(args!["--duration", "2s", "--json"]);
     let start = Instant::now();
-    let tool = lab.attach(&rule);
+    let tool = lab.attach(&run);
     // Netlink hooks outlive the process: only the tool can remove them.
     assert_ports_hooked(&lab, "netlink");
     let out = tool.wait(TOOL_TIMEOUT);
     let took = start.elapsed();
     out.assert_exit(0);
-    assert!(out.stderr_has("summary: "), "no summary:\n{out}");
     assert!(took >= Duration::from_secs(2), "exited after {took:?}, before --duration 2s");
+    // --json: counters and the summary as JSON lines on stdout, none as
+    // text on stderr.
+    let events: Vec<Value> = out.stdout.iter().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert!(events.iter().any(|e| e["event"] == "counters" && e["rules"][0]["id"] == 1), "no counters:\n{out}");
+    assert_eq!(out.summary()["rules"][0]["id"], 1, "{out}");
+    assert!(!out.stderr_has("classifier saw"), "counters on stderr too:\n{out}");
     lab.assert_clean("after --duration", Duration::ZERO);
 }
 
@@ -126,15 +133,15 @@ fn sigkill_on_tcx_lets_traffic_through_at_once() {
 fn sigkill_on_netlink_leaves_filters_that_the_next_run_removes() {
     let lab = Lab::new("killnl", 2);
     let flow = UdpFlow::new(&lab.container(0), 0, &lab.container(1), PORT, false);
-    let rule = drop_all("netlink");
-    lab.attach(&rule).stop(Signal::SIGKILL);
+    let run = drop_all("netlink");
+    lab.attach(&run).stop(Signal::SIGKILL);
 
     // The documented limitation: cls_bpf filters outlive their process, and
     // keep dropping.
     assert_ports_hooked(&lab, "netlink");
     assert_eq!(flow.exchange(20).received(), 0, "the orphaned filters stopped dropping");
 
-    let tool = lab.attach(&rule);
+    let tool = lab.attach(&run);
     let stderr = tool.stderr();
     for i in 0..2 {
         let port = lab.container(i).port;
@@ -150,11 +157,11 @@ fn sigkill_on_netlink_leaves_filters_that_the_next_run_removes() {
     assert_eq!(flow.exchange(20).received(), 20, "traffic does not flow after the clean-up");
 }
 
-#[test]
-fn a_port_that_joins_the_bridge_is_hooked() {
-    let lab = Lab::new("hotplug", 2);
+/// A port that joins the bridge while the tool runs is hooked (with
+/// `hook`), and one that leaves it unhooked.
+fn ports_follow_the_bridge(tag: &str, hook: &str) {
+    let lab = Lab::new(tag, 2);
     let client = lab.container(0);
-    let hook = pygocentrus_tests::auto_hook();
     let tool = lab.attach(&drop_all(hook));
     let newcomer = lab.add_container();
     let said = format!("hooked new port {}", newcomer.port);
@@ -167,6 +174,38 @@ fn a_port_that_joins_the_bridge_is_hooked() {
     let other = UdpFlow::new(&client, 0, &newcomer, OTHER_PORT, false);
     assert_eq!(target.exchange(100).received(), 0, "datagrams to the newcomer's port {PORT} arrived");
     assert_eq!(other.exchange(100).received(), 100, "the newcomer is not reachable");
+
+    lab.unplug(&newcomer);
+    let said = format!("{} left the bridge; unhooked", newcomer.port);
+    assert!(tool.wait_stderr(&said, Duration::from_secs(10)).is_some(), "no '{said}' in {:#?}", tool.stderr());
+    assert!(lab.hooks(&newcomer.port).is_empty(), "{:#?}", lab.hooks(&newcomer.port));
+    tool.terminate();
+    lab.assert_clean("after SIGTERM", Duration::ZERO);
+}
+
+#[test]
+fn ports_that_join_the_bridge_are_hooked_and_ports_that_leave_unhooked() {
+    ports_follow_the_bridge("hotplug", pygocentrus_tests::auto_hook());
+}
+
+#[test]
+fn ports_that_join_or_leave_the_bridge_are_followed_on_netlink_too() {
+    ports_follow_the_bridge("hotplugnl", "netlink");
+}
+
+#[test]
+fn a_device_that_is_not_a_bridge_is_hooked_alone() {
+    let (lab, client, server) = Lab::pair("device");
+    let target = UdpFlow::new(&client, 0, &server, PORT, false);
+    let other = UdpFlow::new(&client, 0, &server, OTHER_PORT, false);
+    // The server's port, not the bridge.
+    let tool = lab.attach(&args!["--iface", server.port, "--port", PORT, "--proto", "udp", "--drop", 100]);
+    for (port, hooks) in lab.port_hooks() {
+        let expected = port == server.port;
+        assert_eq!(hooked(&hooks, pygocentrus_tests::auto_hook()), expected, "{port}: {hooks:#?}");
+    }
+    assert_eq!(target.exchange(100).received(), 0, "datagrams to port {PORT} arrived");
+    assert_eq!(other.exchange(100).received(), 100, "datagrams to port {OTHER_PORT} were lost");
     tool.terminate();
     lab.assert_clean("after SIGTERM", Duration::ZERO);
 }

@@ -15,9 +15,24 @@ mod lifecycle;
 mod reset;
 mod usage;
 
+use std::net::IpAddr;
+
+use pygocentrus_tests::{BRIDGE, args};
+
 /// The port rules name, and a port they leave alone.
 const PORT: u16 = 5000;
 const OTHER_PORT: u16 = 5001;
+
+/// The rule most tests attach: `--iface br0 --port PORT --proto PROTO`,
+/// `--ip IP` if given, then `more` (faults and options).
+fn rule(proto: &str, ip: Option<IpAddr>, more: Vec<String>) -> Vec<String> {
+    let mut rule = args!["--iface", BRIDGE, "--port", PORT, "--proto", proto];
+    if let Some(ip) = ip {
+        rule.extend(args!["--ip", ip]);
+    }
+    rule.extend(more);
+    rule
+}
 
 /// Panics unless `hits` of `n` trials lies within 5 standard deviations of
 /// the `n·p` a binomial law expects: a false alarm once in about 1.7 million
