@@ -64,7 +64,7 @@ fn tcp_recovers_from_corrupt_20_by_retransmitting() {
     let (client_before, server_before) = (NetCounters::read(&client.ns), NetCounters::read(&server.ns));
 
     // Only keeps a broken run from hanging.
-    let timeout = Some(Duration::from_secs(30));
+    let timeout = Some(Duration::from_secs(120));
     let received = std::thread::scope(|s| {
         let reader = s.spawn(|| {
             accepted.set_read_timeout(timeout).expect("setting a read timeout");
