@@ -145,8 +145,9 @@ impl RuleSpec {
     }
 }
 
-impl fmt::Display for RuleSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl RuleSpec {
+    /// The target alone: `udp to/from 198.18.0.3:5000`.
+    fn target(&self) -> String {
         let proto = match self.proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -168,7 +169,13 @@ impl fmt::Display for RuleSpec {
             }
         });
         let port = self.port.map_or("*".to_owned(), |p| p.to_string());
-        write!(f, "{proto} {dir} {host}:{port}")?;
+        format!("{proto} {dir} {host}:{port}")
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.target())?;
         for (name, p) in [
             ("drop", self.faults.drop),
             ("reset", self.faults.reset),
@@ -227,7 +234,7 @@ impl Plan {
                 entries.entry((prefix, key.port, key.addr)).or_insert((TargetValue::default(), [0; 6]));
             for cell in spec.cells() {
                 if value.rules[cell] != 0 {
-                    return Err(UsageError::Overlap(owners[cell], i + 1, target_name(spec)));
+                    return Err(UsageError::Overlap(owners[cell], i + 1, spec.target()));
                 }
                 value.rules[cell] = id;
                 owners[cell] = i + 1;
@@ -258,14 +265,6 @@ impl Plan {
         out.targets = done.into_iter().map(|((prefix, port, addr), v)| (prefix, TargetKey { port, addr }, v)).collect();
         Ok(out)
     }
-}
-
-fn target_name(spec: &RuleSpec) -> String {
-    let s = spec.to_string();
-    s.split_once(" drop")
-        .or_else(|| s.split_once(" reset"))
-        .or_else(|| s.split_once(" corrupt"))
-        .map_or(s.clone(), |(t, _)| t.to_owned())
 }
 
 /// Whether the trie key with `prefix` bits (port bits included) and address
