@@ -8,11 +8,7 @@ const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
 fn main() -> anyhow::Result<()> {
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../pygocentrus-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "pygocentrus-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "pygocentrus-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
 }

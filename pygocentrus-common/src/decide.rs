@@ -14,16 +14,7 @@ pub const fn mix64(mut z: u64) -> u64 {
 #[inline(always)]
 fn word(b: &[u8; 16], half: usize) -> u64 {
     let o = half * 8;
-    u64::from_ne_bytes([
-        b[o],
-        b[o + 1],
-        b[o + 2],
-        b[o + 3],
-        b[o + 4],
-        b[o + 5],
-        b[o + 6],
-        b[o + 7],
-    ])
+    u64::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]])
 }
 
 /// A hash of a directional 5-tuple.
@@ -83,9 +74,7 @@ mod tests {
         // practically impossible while catching any biased mixer.
         let t = (0.3 * 4_294_967_296.0) as u32;
         let n = 100_000u64;
-        let hits = (0..n)
-            .filter(|i| fires(seeded_draw(42, 7, *i, Action::Drop), t))
-            .count() as i64;
+        let hits = (0..n).filter(|i| fires(seeded_draw(42, 7, *i, Action::Drop), t)).count() as i64;
         assert!((hits - 30_000).abs() < 870, "hits = {hits}");
     }
 }

@@ -257,6 +257,22 @@ impl Counters {
         self.duplicated += other.duplicated;
         self.rate_limited += other.rate_limited;
     }
+
+    /// What was counted since `before` (a snapshot of the same counters).
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            seen: self.seen.wrapping_sub(before.seen),
+            matched: self.matched.wrapping_sub(before.matched),
+            passed: self.passed.wrapping_sub(before.passed),
+            dropped: self.dropped.wrapping_sub(before.dropped),
+            corrupted: self.corrupted.wrapping_sub(before.corrupted),
+            corrupted_payload: self.corrupted_payload.wrapping_sub(before.corrupted_payload),
+            reset: self.reset.wrapping_sub(before.reset),
+            delayed: self.delayed.wrapping_sub(before.delayed),
+            duplicated: self.duplicated.wrapping_sub(before.duplicated),
+            rate_limited: self.rate_limited.wrapping_sub(before.rate_limited),
+        }
+    }
 }
 
 /// Config flag: the program is attached to the ports of a bridge. Packets

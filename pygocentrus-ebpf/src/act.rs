@@ -2,10 +2,7 @@
 //! not apply to the packet (or a helper failed), and the packet then passes
 //! as it was.
 
-use aya_ebpf::{
-    bindings::BPF_F_MARK_MANGLED_0,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, programs::TcContext};
 use pygocentrus_common::{PROTO_TCP, PROTO_UDP, csum};
 
 use crate::parse::Packet;
@@ -15,7 +12,9 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
-const MAX_TCP_HLEN: usize = 60;
+/// Room for the longest TCP header (60 bytes), rounded up to a power of
+/// two so that a mask bounds the copy length.
+const HDR_BUF: usize = 64;
 
 #[inline(always)]
 fn check(ret: i64) -> Result<(), ()> {
@@ -67,7 +66,8 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
     ctx.store(offset, &new, 0).map_err(|_| ())?;
     // The checksum sums 16-bit words counted from the L4 header: the byte is
     // the high half of its word at an even offset, the low half at an odd one.
-    let word = |b: u8| u64::from(if rel.is_multiple_of(2) { u16::from_ne_bytes([b, 0]) } else { u16::from_ne_bytes([0, b]) });
+    let word =
+        |b: u8| u64::from(if rel.is_multiple_of(2) { u16::from_ne_bytes([b, 0]) } else { u16::from_ne_bytes([0, b]) });
     // The low bits of the flags give the size of the replaced field: 2 bytes.
     ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | CSUM_FIELD_SIZE).map_err(|_| ())
 }
@@ -81,7 +81,7 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
 #[inline(always)]
 pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > MAX_TCP_HLEN {
+    if syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > 60 {
         return Err(());
     }
     let hlen = pkt.l4_hlen;
@@ -91,8 +91,7 @@ pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     // Is the checksum field a full checksum or, as for locally sent traffic
     // (CHECKSUM_PARTIAL), only the pseudo-header sum the device completes?
     let old_csum: [u8; 2] = ctx.load(csum_at).map_err(|_| ())?;
-    let partial =
-        old_csum == csum::fold(csum::pseudo_sum(saddr, daddr, PROTO_TCP, pkt.l4_len as u32)).to_be_bytes();
+    let partial = old_csum == csum::fold(csum::pseudo_sum(saddr, daddr, PROTO_TCP, pkt.l4_len as u32)).to_be_bytes();
 
     // Flags: RST, keeping ACK (a SYN-SENT client checks the ack number).
     let flags = TCP_RST | (pkt.tcp_flags & TCP_ACK);
@@ -122,17 +121,13 @@ pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     let new_csum = if partial {
         csum::fold(pseudo)
     } else {
-        let mut hdr = [0u8; MAX_TCP_HLEN];
-        // A length the verifier can see is in 20..=60 (aya's load_bytes
-        // clamps to the packet length, which may look like zero to it).
-        let len = (hlen as u32).clamp(20, MAX_TCP_HLEN as u32);
+        let mut hdr = [0u8; HDR_BUF];
+        // hlen is 20..=60; written so that the verifier sees 1..=64 even
+        // after LLVM spills it (older verifiers lose a clamp's lower bound
+        // and refuse a possibly zero-sized read).
+        let len = ((hlen as u32).wrapping_sub(1) & (HDR_BUF as u32 - 1)) + 1;
         check(unsafe {
-            aya_ebpf::helpers::bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
-                pkt.l4 as u32,
-                hdr.as_mut_ptr().cast(),
-                len,
-            )
+            aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb as *const _, pkt.l4 as u32, hdr.as_mut_ptr().cast(), len)
         })?;
         hdr[TCP_CSUM_OFF] = 0;
         hdr[TCP_CSUM_OFF + 1] = 0;

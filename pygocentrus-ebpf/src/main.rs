@@ -16,8 +16,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pygocentrus_common::{
-    Action, CONFIG_BRIDGE, CONFIG_PORTLESS, Config, Counters, MARK_DUPLICATE, PROB_NEVER,
-    PROTO_TCP, RULE_GE, Rule, SIDE_FROM, SIDE_TO, TargetValue, Threshold, decide,
+    Action, CONFIG_BRIDGE, CONFIG_PORTLESS, Config, Counters, MARK_DUPLICATE, PROB_NEVER, PROTO_TCP, RULE_GE, Rule,
+    SIDE_FROM, SIDE_TO, TargetValue, Threshold, decide,
 };
 
 use crate::parse::Packet;
@@ -92,11 +92,7 @@ fn find_rule(pkt: &Packet, cfg: &Config) -> Option<(u32, &'static Rule)> {
     let portless = cfg.flags & CONFIG_PORTLESS != 0;
     let mut seen = 0;
     for side in [SIDE_TO, SIDE_FROM] {
-        let (addr, port) = if side == SIDE_TO {
-            (&pkt.daddr, pkt.dport)
-        } else {
-            (&pkt.saddr, pkt.sport)
-        };
+        let (addr, port) = if side == SIDE_TO { (&pkt.daddr, pkt.dport) } else { (&pkt.saddr, pkt.sport) };
         let cell = TargetValue::index(side, pkt.class);
         if let Some(entry) = maps::target_with_port(addr, port)
             && let Some(found) = pick(entry, cell, &mut seen)
@@ -257,12 +253,7 @@ struct Dice {
 impl Dice {
     #[inline(always)]
     fn new(pkt: &Packet, rule: &Rule) -> Self {
-        let mut dice = Self {
-            seeded: false,
-            seed: 0,
-            flow: 0,
-            index: 0,
-        };
+        let mut dice = Self { seeded: false, seed: 0, flow: 0, index: 0 };
         if rule.flags & pygocentrus_common::RULE_SEEDED != 0 {
             let key = pkt.flow_key();
             dice.seeded = true;

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use pygocentrus_common::{
-    ADDR_BITS, Config, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, FlowKey, MAX_FLOWS,
-    MAX_TARGETS, PORT_BITS, PortMark, RULE_SLOTS, Rule, RuleState, TargetKey, TargetValue,
+    ADDR_BITS, Config, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, FlowKey, MAX_FLOWS, MAX_TARGETS, PORT_BITS,
+    PortMark, RULE_SLOTS, Rule, RuleState, TargetKey, TargetValue,
 };
 
 /// (port, address prefix) → the rules of that target.

@@ -4,9 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use pygocentrus_common::{
-    CLASS_OTHER, CLASS_TCP, CLASS_UDP, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-};
+use pygocentrus_common::{CLASS_OTHER, CLASS_TCP, CLASS_UDP, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -60,11 +58,7 @@ impl Packet {
 
     /// The pseudo-header addresses: 4 bytes for IPv4, 16 for IPv6.
     pub fn addrs(&self) -> (&[u8], &[u8]) {
-        if self.ipv6 {
-            (&self.saddr, &self.daddr)
-        } else {
-            (&self.saddr[12..], &self.daddr[12..])
-        }
+        if self.ipv6 { (&self.saddr, &self.daddr) } else { (&self.saddr[12..], &self.daddr[12..]) }
     }
 }
 

@@ -26,9 +26,7 @@ use crate::{
 
 pub async fn run(args: AttachArgs) -> Result<()> {
     // Everything that can be refused is refused before anything is touched.
-    let plan = Plan {
-        rules: vec![RuleSpec::from_attach(&args)?],
-    };
+    let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
     plan.map_contents()?;
     privileges::check()?;
     let mut signals = Signals::install()?;
@@ -37,15 +35,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     // Subscribe before listing ports, so that a port joining in between is
     // not missed.
     let mut events = link_events()?;
-    let target = nl
-        .link(&args.iface)
-        .await?
-        .ok_or_else(|| UsageError::UnknownInterface(args.iface.clone()))?;
+    let target = nl.link(&args.iface).await?.ok_or_else(|| UsageError::UnknownInterface(args.iface.clone()))?;
     for name in hooks::clean_leftovers(&nl).await? {
         eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
     }
 
-    let mut attachment = Attachment::start(plan, nl, target, Method::resolve(args.hook)).await?;
+    let mut attachment = Attachment::start(plan, nl, target, Method::resolve(args.hook)?).await?;
     eprintln!("attached to {attachment}");
 
     let result = async {
@@ -103,14 +98,7 @@ impl Attachment {
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
         let hooks = Hooks::new(method, plan.fq_params());
-        let mut this = Self {
-            plan,
-            engine,
-            hooks,
-            nl,
-            bridge_mac: target.mac,
-            target,
-        };
+        let mut this = Self { plan, engine, hooks, nl, bridge_mac: target.mac, target };
         if let Err(e) = this.hook_target().await {
             this.detach().await;
             return Err(e);
@@ -125,9 +113,7 @@ impl Attachment {
                 self.hooks.attach(&mut self.engine, &self.nl, &port).await?;
             }
         } else {
-            self.hooks
-                .attach(&mut self.engine, &self.nl, &self.target)
-                .await?;
+            self.hooks.attach(&mut self.engine, &self.nl, &self.target).await?;
         }
         Ok(())
     }
@@ -139,19 +125,11 @@ impl Attachment {
 
     fn report(&self, elapsed: Duration, json: bool, event: &str) -> Result<()> {
         let slots = self.counters()?;
-        let snap = Snapshot {
-            elapsed,
-            slots: &slots,
-            rules: &self.plan.rules,
-        };
+        let snap = Snapshot { elapsed, slots: &slots, rules: &self.plan.rules };
         if json {
             println!("{}", snap.json(event));
         } else {
-            eprintln!(
-                "{}{}",
-                if event == "summary" { "summary: " } else { "" },
-                snap.text()
-            );
+            eprintln!("{}{}", if event == "summary" { "summary: " } else { "" }, snap.text());
         }
         Ok(())
     }
@@ -170,9 +148,7 @@ impl Attachment {
                     eprintln!("pygocentrus: port {index} is gone");
                 }
             }
-            LinkEvent::Changed(link) if self.target.is_bridge => {
-                self.on_bridge_change(link).await?
-            }
+            LinkEvent::Changed(link) if self.target.is_bridge => self.on_bridge_change(link).await?,
             LinkEvent::Changed(_) => {}
         }
         Ok(ControlFlow::Continue(()))
@@ -191,15 +167,10 @@ impl Attachment {
         if member && !self.hooks.contains(link.index) {
             match self.hooks.attach(&mut self.engine, &self.nl, &link).await {
                 Ok(()) => eprintln!("pygocentrus: hooked new port {}", link.name),
-                Err(e) => eprintln!(
-                    "pygocentrus: warning: could not hook new port {}: {e:#}",
-                    link.name
-                ),
+                Err(e) => eprintln!("pygocentrus: warning: could not hook new port {}: {e:#}", link.name),
             }
         } else if !member && self.hooks.contains(link.index) {
-            self.hooks
-                .detach(&mut self.engine, &self.nl, link.index)
-                .await;
+            self.hooks.detach(&mut self.engine, &self.nl, link.index).await;
             eprintln!("pygocentrus: {} left the bridge; unhooked", link.name);
         }
         Ok(())
@@ -215,12 +186,7 @@ impl Attachment {
 impl fmt::Display for Attachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.target.is_bridge {
-            write!(
-                f,
-                "bridge {} ({} ports)",
-                self.target.name,
-                self.hooks.len()
-            )?;
+            write!(f, "bridge {} ({} ports)", self.target.name, self.hooks.len())?;
         } else {
             f.write_str(&self.target.name)?;
         }

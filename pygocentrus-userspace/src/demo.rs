@@ -17,10 +17,7 @@ use pygocentrus_common::Counters;
 
 use self::{
     lab::{ADDR_A, ADDR_B, BRIDGE, ETH, Lab, PORT_A, PORT_B, ip_checksum_errors},
-    traffic::{
-        EchoServer, TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp,
-        wait_reachable,
-    },
+    traffic::{EchoServer, TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp, wait_reachable},
 };
 use crate::{
     attach::Attachment,
@@ -47,12 +44,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let echo_server = EchoServer::start(&lab)?;
     intro();
 
-    let mut demo = Demo {
-        lab: &lab,
-        args: &args,
-        signals: &mut signals,
-        failed: Vec::new(),
-    };
+    let mut demo = Demo { lab: &lab, args: &args, signals: &mut signals, failed: Vec::new() };
     let result = demo.phases().await;
     let Demo { failed, .. } = demo;
     drop(echo_server);
@@ -64,10 +56,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     result?;
 
     if !failed.is_empty() {
-        bail!(
-            "the demo did not show the expected effect of: {}",
-            failed.join(", ")
-        );
+        bail!("the demo did not show the expected effect of: {}", failed.join(", "));
     }
     println!(
         "\nall {PHASES} phases showed what they should, in {:.1}s; the lab is gone.",
@@ -80,13 +69,9 @@ fn intro() {
     println!("pygocentrus demo: hosts A and B on a bridge, in network namespaces of their own");
     println!("(nothing outside them is touched, and they vanish when the demo ends)\n");
     println!("    A {ADDR_A}  {ETH} ---- {PORT_A} --+");
-    println!(
-        "                                         +-- bridge {BRIDGE}: pygocentrus hooks here"
-    );
+    println!("                                         +-- bridge {BRIDGE}: pygocentrus hooks here");
     println!("    B {ADDR_B}  {ETH} ---- {PORT_B} --+");
-    println!(
-        "\n    B runs a UDP sink on port {UDP_PORT} and a TCP echo server on port {TCP_PORT}."
-    );
+    println!("\n    B runs a UDP sink on port {UDP_PORT} and a TCP echo server on port {TCP_PORT}.");
 }
 
 /// The four attacks of the demo.
@@ -151,10 +136,7 @@ impl Attack {
             argv.extend(["--hook", value.get_name()]);
         }
         let line = argv.join(" ");
-        match Cli::try_parse_from(&argv)
-            .with_context(|| format!("parsing the demo's own `{line}`"))?
-            .command
-        {
+        match Cli::try_parse_from(&argv).with_context(|| format!("parsing the demo's own `{line}`"))?.command {
             Command::Attach(args) => Ok((line, args)),
             Command::Demo(_) => bail!("`{line}` parsed as a demo"),
         }
@@ -184,20 +166,11 @@ impl Demo<'_> {
         let (tcp, udp) = self
             .unless_stopped(async {
                 wait_reachable(lab).await?;
-                Ok((
-                    round_trips(lab, CONNECTIONS).await,
-                    udp(lab, packets).await?,
-                ))
+                Ok((round_trips(lab, CONNECTIONS).await, udp(lab, packets).await?))
             })
             .await?;
-        let echoed = tcp
-            .iter()
-            .filter(|(o, _)| matches!(o, TcpOutcome::Echoed))
-            .count();
-        row(
-            "TCP connections with an echo",
-            format!("{echoed}/{CONNECTIONS}"),
-        );
+        let echoed = tcp.iter().filter(|(o, _)| matches!(o, TcpOutcome::Echoed)).count();
+        row("TCP connections with an echo", format!("{echoed}/{CONNECTIONS}"));
         udp_rows(&udp, None);
         row("received damaged", udp.damaged);
         let fastest = tcp.iter().map(|(_, d)| *d).min().unwrap_or_default();
@@ -219,23 +192,14 @@ impl Demo<'_> {
     async fn drop(&mut self) -> Result<()> {
         let attack = Attack::Drop;
         header(2, &attack.title());
-        let (udp, c) = self
-            .under_attack(attack, udp(self.lab, self.args.packets))
-            .await?;
+        let (udp, c) = self.under_attack(attack, udp(self.lab, self.args.packets)).await?;
         udp_rows(&udp, Some(("dropped by pygocentrus", c.dropped)));
         let share = percent(udp.lost(), udp.sent);
         self.verdict(
             "drop",
             c.dropped == udp.lost() && udp.damaged == 0 && plausible(c.dropped, udp.sent, attack),
-            format!(
-                "B lost {share:.1}% ({}% asked): exactly the datagrams pygocentrus dropped",
-                attack.percent()
-            ),
-            format!(
-                "B lost {} ({share:.1}%), pygocentrus dropped {}",
-                udp.lost(),
-                c.dropped
-            ),
+            format!("B lost {share:.1}% ({}% asked): exactly the datagrams pygocentrus dropped", attack.percent()),
+            format!("B lost {} ({share:.1}%), pygocentrus dropped {}", udp.lost(), c.dropped),
         );
         Ok(())
     }
@@ -258,31 +222,20 @@ impl Demo<'_> {
             Ok((on_open, round_trips(lab, CONNECTIONS).await))
         };
         let ((on_open, new), c) = self.under_attack(attack, traffic).await?;
-        let refused = new
-            .iter()
-            .filter(|(o, _)| matches!(o, TcpOutcome::Refused))
-            .count();
+        let refused = new.iter().filter(|(o, _)| matches!(o, TcpOutcome::Refused)).count();
         let slowest = new.iter().map(|(_, d)| *d).max().unwrap_or_default();
         row("open connection, next echo", on_open.word());
-        row(
-            "new connections refused",
-            format!("{refused}/{CONNECTIONS}"),
-        );
+        row("new connections refused", format!("{refused}/{CONNECTIONS}"));
         row("resets made by pygocentrus", c.reset);
         self.verdict(
             "reset",
-            matches!(on_open, TcpOutcome::Reset)
-                && refused == new.len()
-                && c.reset > u64::from(CONNECTIONS),
+            matches!(on_open, TcpOutcome::Reset) && refused == new.len() && c.reset > u64::from(CONNECTIONS),
             format!(
                 "the open connection gets ECONNRESET, new ones ECONNREFUSED within {}: \
                  like a crashed server",
                 ms(slowest)
             ),
-            format!(
-                "expected a reset, then refusals; got {on_open}, then {}",
-                list(&new)
-            ),
+            format!("expected a reset, then refusals; got {on_open}, then {}", list(&new)),
         );
         Ok(())
     }
@@ -290,9 +243,7 @@ impl Demo<'_> {
     async fn corrupt_payload(&mut self) -> Result<()> {
         let attack = Attack::CorruptPayload;
         header(4, &attack.title());
-        let (udp, c) = self
-            .under_attack(attack, udp(self.lab, self.args.packets))
-            .await?;
+        let (udp, c) = self.under_attack(attack, udp(self.lab, self.args.packets)).await?;
         udp_rows(&udp, Some(("altered by pygocentrus", c.corrupted_payload)));
         row("received altered", udp.damaged);
         if let Some((sent, got)) = &udp.sample {
@@ -300,9 +251,7 @@ impl Demo<'_> {
         }
         self.verdict(
             "corrupt-payload",
-            udp.lost() == 0
-                && udp.damaged == c.corrupted_payload
-                && plausible(udp.damaged, udp.sent, attack),
+            udp.lost() == 0 && udp.damaged == c.corrupted_payload && plausible(udp.damaged, udp.sent, attack),
             "all arrive, checksums valid: B's application got exactly the altered ones".to_owned(),
             format!(
                 "B got {} altered of {} received; pygocentrus altered {}",
@@ -316,9 +265,7 @@ impl Demo<'_> {
         let attack = Attack::Corrupt;
         header(5, &attack.title());
         let before = ip_checksum_errors(&self.lab.b)?;
-        let (udp, c) = self
-            .under_attack(attack, udp(self.lab, self.args.packets))
-            .await?;
+        let (udp, c) = self.under_attack(attack, udp(self.lab, self.args.packets)).await?;
         let discarded = ip_checksum_errors(&self.lab.b)?.saturating_sub(before);
         udp_rows(&udp, Some(("damaged by pygocentrus", c.corrupted)));
         row("discarded by B's kernel (InCsumErrors)", discarded);
@@ -331,11 +278,7 @@ impl Demo<'_> {
             "B's kernel threw each damaged one away (bad IP checksum): \
              the application never saw them"
                 .to_owned(),
-            format!(
-                "pygocentrus damaged {}, B's kernel counted {discarded}, B lost {}",
-                c.corrupted,
-                udp.lost()
-            ),
+            format!("pygocentrus damaged {}, B's kernel counted {discarded}, B lost {}", c.corrupted, udp.lost()),
         );
         Ok(())
     }
@@ -350,20 +293,15 @@ impl Demo<'_> {
     ) -> Result<(T, Counters)> {
         let (line, args) = attack.command(self.args.hook)?;
         println!("      $ {line}");
-        let plan = Plan {
-            rules: vec![RuleSpec::from_attach(&args)?],
-        };
+        let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
         let nl = Netlink::open()?;
         let bridge = nl.existing_link(BRIDGE).await?;
-        let attachment = Attachment::start(plan, nl, bridge, Method::resolve(args.hook)).await?;
+        let attachment = Attachment::start(plan, nl, bridge, Method::resolve(args.hook)?).await?;
         println!("      attached to {attachment}");
         let result = self.unless_stopped(traffic).await;
         let counters = attachment.counters();
         attachment.detach().await;
-        let rule = counters?
-            .get(1)
-            .copied()
-            .context("the rule has no counters")?;
+        let rule = counters?.get(1).copied().context("the rule has no counters")?;
         Ok((result?, rule))
     }
 
@@ -400,43 +338,24 @@ fn udp_rows(udp: &UdpRun, effect: Option<(&str, u64)>) {
         row(label, count);
     }
     let share = percent(udp.received, udp.sent);
-    println!(
-        "        {:<40}{:>8}  ({share:.1}%)",
-        "received by B", udp.received
-    );
+    println!("        {:<40}{:>8}  ({share:.1}%)", "received by B", udp.received);
 }
 
 /// One altered datagram under the one sent, the changed byte pointed at.
 fn sample(sent: &[u8], got: &[u8]) {
     let at = sent.iter().zip(got).position(|(a, b)| a != b).unwrap_or(0);
-    let byte = |d: &[u8]| {
-        d.get(at).map_or(String::new(), |b| {
-            format!("'{}' ({b:#04x})", b.escape_ascii())
-        })
-    };
-    println!(
-        "        sample, byte {at} changed from {} to {}:",
-        byte(sent),
-        byte(got)
-    );
+    let byte = |d: &[u8]| d.get(at).map_or(String::new(), |b| format!("'{}' ({b:#04x})", b.escape_ascii()));
+    println!("        sample, byte {at} changed from {} to {}:", byte(sent), byte(got));
     println!("          sent      \"{}\"", sent.escape_ascii());
     println!("          received  \"{}\"", got.escape_ascii());
 }
 
 fn list(outcomes: &[(TcpOutcome, Duration)]) -> String {
-    outcomes
-        .iter()
-        .map(|(o, _)| o.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    outcomes.iter().map(|(o, _)| o.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        100.0 * part as f64 / whole as f64
-    }
+    if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 }
 }
 
 fn ms(d: Duration) -> String {
@@ -467,20 +386,11 @@ mod tests {
 
     #[test]
     fn attacks_are_valid_command_lines() {
-        for attack in [
-            Attack::Drop,
-            Attack::Reset,
-            Attack::CorruptPayload,
-            Attack::Corrupt,
-        ] {
+        for attack in [Attack::Drop, Attack::Reset, Attack::CorruptPayload, Attack::Corrupt] {
             for hook in [HookMode::Auto, HookMode::Netlink] {
                 let (line, args) = attack.command(hook).unwrap();
                 RuleSpec::from_attach(&args).unwrap();
-                assert_eq!(
-                    line.contains("--hook netlink"),
-                    hook == HookMode::Netlink,
-                    "{line}"
-                );
+                assert_eq!(line.contains("--hook netlink"), hook == HookMode::Netlink, "{line}");
             }
         }
     }

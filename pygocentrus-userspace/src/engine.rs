@@ -6,8 +6,8 @@ use aya::{
     programs::SchedClassifier,
 };
 use pygocentrus_common::{
-    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_PORTS,
-    MAP_RULES, MAP_TARGETS, PROG_EGRESS, PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
+    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_PORTS, MAP_RULES, MAP_TARGETS,
+    PROG_EGRESS, PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
@@ -73,8 +73,8 @@ impl Engine {
     }
 
     fn write_dist_tables(&mut self) -> Result<(), EngineError> {
-        let mut map: Array<_, DistTable> = Array::try_from(self.map_mut(MAP_DIST)?)
-            .map_err(|e| EngineError::Map(MAP_DIST, e))?;
+        let mut map: Array<_, DistTable> =
+            Array::try_from(self.map_mut(MAP_DIST)?).map_err(|e| EngineError::Map(MAP_DIST, e))?;
         for (i, table) in dist::tables().iter().enumerate() {
             map.set(i as u32, table, 0).map_err(|e| EngineError::Map(MAP_DIST, e))?;
         }
@@ -94,27 +94,24 @@ impl Engine {
     /// start empty, so nothing matches until then).
     pub fn install(&mut self, m: &MapContents) -> Result<(), EngineError> {
         {
-            let mut rules: Array<_, Rule> = Array::try_from(self.map_mut(MAP_RULES)?)
-                .map_err(|e| EngineError::Map(MAP_RULES, e))?;
+            let mut rules: Array<_, Rule> =
+                Array::try_from(self.map_mut(MAP_RULES)?).map_err(|e| EngineError::Map(MAP_RULES, e))?;
             for (id, rule) in &m.rules {
                 rules.set(*id, rule, 0).map_err(|e| EngineError::Map(MAP_RULES, e))?;
             }
         }
         {
-            let mut ports: Array<_, PortMark> = Array::try_from(self.map_mut(MAP_PORTS)?)
-                .map_err(|e| EngineError::Map(MAP_PORTS, e))?;
+            let mut ports: Array<_, PortMark> =
+                Array::try_from(self.map_mut(MAP_PORTS)?).map_err(|e| EngineError::Map(MAP_PORTS, e))?;
             for port in &m.ports {
                 ports.set(u32::from(*port), 1, 0).map_err(|e| EngineError::Map(MAP_PORTS, e))?;
             }
         }
         {
             let mut targets: LpmTrie<_, TargetKey, TargetValue> =
-                LpmTrie::try_from(self.map_mut(MAP_TARGETS)?)
-                    .map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
+                LpmTrie::try_from(self.map_mut(MAP_TARGETS)?).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
             for (prefix, key, value) in &m.targets {
-                targets
-                    .insert(&Key::new(*prefix, *key), value, 0)
-                    .map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
+                targets.insert(&Key::new(*prefix, *key), value, 0).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
             }
         }
         self.rules = m.rules.len() as u32;
@@ -136,8 +133,8 @@ impl Engine {
 
     fn write_config(&mut self) -> Result<(), EngineError> {
         let cfg = self.config;
-        let mut config: Array<_, Config> = Array::try_from(self.map_mut(MAP_CONFIG)?)
-            .map_err(|e| EngineError::Map(MAP_CONFIG, e))?;
+        let mut config: Array<_, Config> =
+            Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(|e| EngineError::Map(MAP_CONFIG, e))?;
         config.set(0, cfg, 0).map_err(|e| EngineError::Map(MAP_CONFIG, e))
     }
 

@@ -40,15 +40,23 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn resolve(mode: HookMode) -> Self {
-        match mode {
+    /// The method for `mode` on this kernel; `--hook tcx` on a kernel
+    /// without TCX is a usage error, said in one line.
+    pub fn resolve(mode: HookMode) -> Result<Self, UsageError> {
+        let kernel = KernelVersion::current().ok();
+        let has_tcx = kernel.is_some_and(|v| v >= KernelVersion::new(6, 6, 0));
+        Ok(match mode {
+            HookMode::Tcx if !has_tcx => {
+                let version = kernel.map_or_else(|| "this kernel".to_owned(), |v| format!("Linux {v}"));
+                return Err(UsageError::Kernel(format!(
+                    "{version} has no TCX (it came in 6.6): use --hook netlink (or auto)"
+                )));
+            }
             HookMode::Tcx => Method::Tcx,
             HookMode::Netlink => Method::Netlink,
-            HookMode::Auto => {
-                let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-                if tcx { Method::Tcx } else { Method::Netlink }
-            }
-        }
+            HookMode::Auto if has_tcx => Method::Tcx,
+            HookMode::Auto => Method::Netlink,
+        })
     }
 }
 
@@ -105,8 +113,7 @@ impl Hooks {
         if self.contains(link.index) {
             return Ok(());
         }
-        let mut port =
-            Port { name: link.name.clone(), links: Vec::new(), added_clsact: false, added_fq: false };
+        let mut port = Port { name: link.name.clone(), links: Vec::new(), added_clsact: false, added_fq: false };
         if let Some(fq) = &self.fq {
             port.added_fq = ensure_fq(nl, link, fq).await?;
         }
@@ -209,12 +216,7 @@ impl Hooks {
         }
         let mut text = format!("{NETNS_TAG} {}\n", netns_id().unwrap_or_default());
         for (index, p) in &self.ports {
-            text.push_str(&format!(
-                "{index} {} {} {}\n",
-                p.name,
-                u8::from(p.added_clsact),
-                u8::from(p.added_fq)
-            ));
+            text.push_str(&format!("{index} {} {} {}\n", p.name, u8::from(p.added_clsact), u8::from(p.added_fq)));
         }
         let write = || -> std::io::Result<()> {
             fs::create_dir_all(STATE_DIR)?;

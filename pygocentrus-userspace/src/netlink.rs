@@ -11,10 +11,7 @@ use std::{
 use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, MulticastGroup,
-    packet_core::{
-        DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-        NetlinkPayload,
-    },
+    packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
@@ -74,13 +71,8 @@ pub struct Link {
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Self {
-        let mut link = Link {
-            index: msg.header.index,
-            name: String::new(),
-            is_bridge: false,
-            mac: None,
-            controller: None,
-        };
+        let mut link =
+            Link { index: msg.header.index, name: String::new(), is_bridge: false, mac: None, controller: None };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name.clone_from(n),
@@ -127,30 +119,16 @@ impl Netlink {
 
     /// Like [`Netlink::link`], for an interface that must exist.
     pub async fn existing_link(&self, name: &str) -> Result<Link, NetlinkError> {
-        self.link(name)
-            .await?
-            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+        self.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
     }
 
     pub async fn ports_of(&self, bridge: u32) -> Result<Vec<Link>, NetlinkError> {
-        Ok(self
-            .links()
-            .await?
-            .into_iter()
-            .filter(|l| l.controller == Some(bridge))
-            .collect())
+        Ok(self.links().await?.into_iter().filter(|l| l.controller == Some(bridge)).collect())
     }
 
     /// The kinds of the qdiscs on `index` (e.g. `noqueue`, `clsact`, `fq`).
     pub async fn qdisc_kinds(&self, index: u32) -> Result<Vec<String>, NetlinkError> {
-        let msgs: Vec<TcMessage> = self
-            .handle
-            .qdisc()
-            .get()
-            .index(index as i32)
-            .execute()
-            .try_collect()
-            .await?;
+        let msgs: Vec<TcMessage> = self.handle.qdisc().get().index(index as i32).execute().try_collect().await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.index == index as i32)
@@ -166,23 +144,13 @@ impl Netlink {
     /// The root qdisc of `index`: its kind and handle. A device's default
     /// root qdisc (noqueue, pfifo_fast, mq...) has handle 0.
     pub async fn root_qdisc(&self, index: u32) -> Result<Option<(String, TcHandle)>, NetlinkError> {
-        let msgs: Vec<TcMessage> = self
-            .handle
-            .qdisc()
-            .get()
-            .index(index as i32)
-            .execute()
-            .try_collect()
-            .await?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.index == index as i32 && m.header.parent == TcHandle::ROOT)
-            .find_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    TcAttribute::Kind(k) => Some((k.clone(), m.header.handle)),
-                    _ => None,
-                })
-            }))
+        let msgs: Vec<TcMessage> = self.handle.qdisc().get().index(index as i32).execute().try_collect().await?;
+        Ok(msgs.iter().filter(|m| m.header.index == index as i32 && m.header.parent == TcHandle::ROOT).find_map(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                TcAttribute::Kind(k) => Some((k.clone(), m.header.handle)),
+                _ => None,
+            })
+        }))
     }
 
     /// Makes `fq` the root qdisc of `index` (rtnetlink has no builder for
@@ -286,11 +254,7 @@ impl Netlink {
 impl Netlink {
     /// A bridge, up, with STP off (ports forward at once).
     pub async fn add_bridge(&self, name: &str) -> Result<Link, NetlinkError> {
-        self.handle
-            .link()
-            .add(LinkBridge::new(name).build())
-            .execute()
-            .await?;
+        self.handle.link().add(LinkBridge::new(name).build()).execute().await?;
         self.existing_link(name).await
     }
 
@@ -305,9 +269,7 @@ impl Netlink {
         peer: &str,
         peer_netns: impl AsFd,
     ) -> Result<Link, NetlinkError> {
-        let peer = LinkUnspec::new_with_name(peer)
-            .setns_by_fd(peer_netns.as_fd().as_raw_fd())
-            .build();
+        let peer = LinkUnspec::new_with_name(peer).setns_by_fd(peer_netns.as_fd().as_raw_fd()).build();
         let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(name)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -319,25 +281,10 @@ impl Netlink {
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
-        Ok(self
-            .handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await?)
+        Ok(self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await?)
     }
 
-    pub async fn add_address(
-        &self,
-        index: u32,
-        addr: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
-        Ok(self
-            .handle
-            .address()
-            .add(index, addr, prefix_len)
-            .execute()
-            .await?)
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
+        Ok(self.handle.address().add(index, addr, prefix_len).execute().await?)
     }
 }

@@ -46,10 +46,7 @@ impl Netns {
     pub fn enter(&self) -> io::Result<Entered> {
         let home = File::open(OWN)?;
         setns(&self.fd, CloneFlags::CLONE_NEWNET)?;
-        Ok(Entered {
-            home,
-            _not_send: PhantomData,
-        })
+        Ok(Entered { home, _not_send: PhantomData })
     }
 
     /// Runs `f`, which must not await, with the calling thread in this

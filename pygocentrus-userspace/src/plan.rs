@@ -5,9 +5,9 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 use pygocentrus_common::{
-    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO,
-    DIST_PARETONORMAL, DIST_UNIFORM, GeModel, MAX_RULES, PORT_BITS, PROB_ALWAYS, RULE_GE,
-    RULE_KEEP_ORDER, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TargetKey, TargetValue,
+    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL,
+    DIST_UNIFORM, GeModel, MAX_RULES, PORT_BITS, PROB_ALWAYS, RULE_GE, RULE_KEEP_ORDER, RULE_SEEDED, Rule, SIDE_FROM,
+    SIDE_TO, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
@@ -36,7 +36,9 @@ pub enum UsageError {
     NoTarget,
     #[error("--reset needs TCP, but --proto is udp")]
     ResetNeedsTcp,
-    #[error("--corrupt-payload needs TCP or UDP, and --proto any without --port also matches ICMP: add --proto or --port")]
+    #[error(
+        "--corrupt-payload needs TCP or UDP, and --proto any without --port also matches ICMP: add --proto or --port"
+    )]
     PayloadNeedsL4,
     #[error("rules {0} and {1} both match {2}")]
     Overlap(usize, usize, String),
@@ -46,6 +48,9 @@ pub enum UsageError {
     UnknownInterface(String),
     #[error("{0}")]
     Privileges(String),
+    /// The kernel lacks what the flags ask for.
+    #[error("{0}")]
+    Kernel(String),
 }
 
 /// The faults of a rule.
@@ -104,9 +109,7 @@ fn on(p: Option<Percent>) -> bool {
 
 impl Faults {
     fn any(&self) -> bool {
-        [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate]
-            .into_iter()
-            .any(on)
+        [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate].into_iter().any(on)
             || self.loss_model.is_some()
             || self.rate.is_some()
             || self.delay.is_some_and(|d| !(d.mean + d.jitter).is_zero() && d.share.is_none_or(|s| s.value() > 0.0))
@@ -224,10 +227,9 @@ impl RuleSpec {
                 PORT_BITS + ADDR_BITS - 32 + u32::from(n.prefix_len()),
                 TargetKey { port, addr: n.network().to_ipv6_mapped().octets() },
             ),
-            Some(IpNet::V6(n)) => (
-                PORT_BITS + u32::from(n.prefix_len()),
-                TargetKey { port, addr: n.network().octets() },
-            ),
+            Some(IpNet::V6(n)) => {
+                (PORT_BITS + u32::from(n.prefix_len()), TargetKey { port, addr: n.network().octets() })
+            }
         }
     }
 
@@ -245,9 +247,7 @@ impl RuleSpec {
             (Proto::Any, Some(_)) => &[CLASS_TCP, CLASS_UDP],
             (Proto::Any, None) => &[CLASS_TCP, CLASS_UDP, CLASS_OTHER],
         };
-        sides
-            .iter()
-            .flat_map(move |s| classes.iter().map(move |c| TargetValue::index(*s, *c)))
+        sides.iter().flat_map(move |s| classes.iter().map(move |c| TargetValue::index(*s, *c)))
     }
 }
 
@@ -282,8 +282,9 @@ fn delay_of(a: &AttachArgs) -> Result<Option<Delay>, UsageError> {
     }))
 }
 
-impl fmt::Display for RuleSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl RuleSpec {
+    /// The target alone: `udp to/from 198.18.0.3:5000`.
+    fn target(&self) -> String {
         let proto = match self.proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -305,7 +306,13 @@ impl fmt::Display for RuleSpec {
             }
         });
         let port = self.port.map_or("*".to_owned(), |p| p.to_string());
-        write!(f, "{proto} {dir} {host}:{port}")?;
+        format!("{proto} {dir} {host}:{port}")
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.target())?;
         for (name, p) in [
             ("drop", self.faults.drop),
             ("reset", self.faults.reset),
@@ -377,20 +384,13 @@ impl Plan {
     pub fn fq_params(&self) -> Option<FqParams> {
         const LINE_RATE: f64 = 10e9 / 8.0;
         const PACKET: f64 = 1500.0;
-        let scheduled: Vec<&Faults> =
-            self.rules.iter().map(|r| &r.faults).filter(|f| f.schedules()).collect();
+        let scheduled: Vec<&Faults> = self.rules.iter().map(|r| &r.faults).filter(|f| f.schedules()).collect();
         if scheduled.is_empty() {
             return None;
         }
-        let longest = scheduled
-            .iter()
-            .filter_map(|f| f.delay)
-            .map(|d| (d.mean + d.jitter * 4).as_secs_f64())
-            .fold(0.0, f64::max);
-        let fastest = scheduled
-            .iter()
-            .map(|f| f.rate.map_or(LINE_RATE, |r| r.0 as f64))
-            .fold(0.0, f64::max);
+        let longest =
+            scheduled.iter().filter_map(|f| f.delay).map(|d| (d.mean + d.jitter * 4).as_secs_f64()).fold(0.0, f64::max);
+        let fastest = scheduled.iter().map(|f| f.rate.map_or(LINE_RATE, |r| r.0 as f64)).fold(0.0, f64::max);
         let limit = (2.0 * longest * fastest / PACKET).ceil().clamp(10_000.0, 1_000_000.0) as u32;
         let horizon_us = (2.0 * longest * 1e6).clamp(10e6, f64::from(u32::MAX)) as u32;
         Some(FqParams { limit, flow_limit: limit, horizon_us })
@@ -411,12 +411,11 @@ impl Plan {
                 None => out.flags |= CONFIG_PORTLESS,
             }
             let (prefix, key) = spec.key();
-            let (value, owners) = entries
-                .entry((prefix, key.port, key.addr))
-                .or_insert((TargetValue::default(), [0; 6]));
+            let (value, owners) =
+                entries.entry((prefix, key.port, key.addr)).or_insert((TargetValue::default(), [0; 6]));
             for cell in spec.cells() {
                 if value.rules[cell] != 0 {
-                    return Err(UsageError::Overlap(owners[cell], i + 1, target_name(spec)));
+                    return Err(UsageError::Overlap(owners[cell], i + 1, spec.target()));
                 }
                 value.rules[cell] = id;
                 owners[cell] = i + 1;
@@ -444,20 +443,9 @@ impl Plan {
             }
             done.push(((prefix, port, addr), value));
         }
-        out.targets = done
-            .into_iter()
-            .map(|((prefix, port, addr), v)| (prefix, TargetKey { port, addr }, v))
-            .collect();
+        out.targets = done.into_iter().map(|((prefix, port, addr), v)| (prefix, TargetKey { port, addr }, v)).collect();
         Ok(out)
     }
-}
-
-fn target_name(spec: &RuleSpec) -> String {
-    let s = spec.to_string();
-    s.split_once(" drop")
-        .or_else(|| s.split_once(" reset"))
-        .or_else(|| s.split_once(" corrupt"))
-        .map_or(s.clone(), |(t, _)| t.to_owned())
 }
 
 /// Whether the trie key with `prefix` bits (port bits included) and address

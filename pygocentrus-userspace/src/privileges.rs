@@ -20,9 +20,7 @@ pub fn check() -> Result<(), UsageError> {
         raise_memlock();
         Ok(())
     } else {
-        Err(UsageError::Privileges(
-            "needs root, or CAP_BPF and CAP_NET_ADMIN (try sudo)".to_owned(),
-        ))
+        Err(UsageError::Privileges("needs root, or CAP_BPF and CAP_NET_ADMIN (try sudo)".to_owned()))
     }
 }
 

@@ -18,11 +18,7 @@ impl Percent {
     /// becomes [`PROB_ALWAYS`].
     pub fn threshold(self) -> Threshold {
         let t = (self.0 / 100.0 * 4_294_967_296.0).round();
-        if t >= f64::from(PROB_ALWAYS) {
-            PROB_ALWAYS
-        } else {
-            t as Threshold
-        }
+        if t >= f64::from(PROB_ALWAYS) { PROB_ALWAYS } else { t as Threshold }
     }
 }
 
@@ -35,9 +31,7 @@ impl std::fmt::Display for Percent {
 pub fn parse_percent(s: &str) -> Result<Percent, String> {
     let t = s.trim();
     let num = t.strip_suffix('%').unwrap_or(t).trim();
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a percentage (write 5, 5% or 0.1)"))?;
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a percentage (write 5, 5% or 0.1)"))?;
     if !v.is_finite() || !(0.0..=100.0).contains(&v) {
         return Err(format!("{s} is outside 0-100%"));
     }
@@ -53,9 +47,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("'{s}' needs a unit: 250us, 500ms, 30s, 2m"))?;
     let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (write 250us, 500ms, 30s, 2m)"))?;
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (write 250us, 500ms, 30s, 2m)"))?;
     let scale = match unit.trim() {
         "ns" | "nsec" => 1e-9,
         "us" | "usec" | "µs" => 1e-6,
@@ -94,9 +86,7 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("'{s}' needs a unit: 100kbit, 5mbit, 1gbit, 512kbps"))?;
     let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a rate (write 100kbit, 5mbit, 1gbit or 512kbps)"))?;
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a rate (write 100kbit, 5mbit, 1gbit or 512kbps)"))?;
     let bits_per_unit = match unit {
         "bit" => 1.0,
         "kbit" => 1e3,
@@ -110,7 +100,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         "kbps" => 8e3,
         "mbps" => 8e6,
         "gbps" => 8e9,
-        other => return Err(format!("unknown rate unit '{other}' in '{s}' (use bit, kbit, mbit, gbit or bps, kbps, mbps)")),
+        other => {
+            return Err(format!("unknown rate unit '{other}' in '{s}' (use bit, kbit, mbit, gbit or bps, kbps, mbps)"));
+        }
     };
     let bytes = (v * bits_per_unit / 8.0).round();
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {

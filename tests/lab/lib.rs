@@ -1,1 +1,76 @@
+//! The lab of the integration tests: real network namespaces, a real bridge,
+//! real sockets and the real `pygocentrus` binary.
+//!
+//! Each [`Lab`] is a "host" namespace holding a bridge [`BRIDGE`] and
+//! "container" namespaces, each joined to the bridge by a veth pair. Names
+//! carry the test's tag, the process id and a counter, so tests run in
+//! parallel without sharing anything; dropping the lab deletes every
+//! namespace it made, also when the test panics. [`Tool`] runs the binary
+//! inside the host namespace and kills it if the test ends first.
+//!
+//! Traffic stays between these namespaces, on 198.18.0.0/24 and fd00::/64.
 
+mod counters;
+mod netns;
+mod tool;
+mod traffic;
+
+use std::path::PathBuf;
+
+pub use counters::NetCounters;
+pub use netns::{BRIDGE, Container, Lab, PortHooks, in_netns};
+pub use tool::{Outcome, TOOL_TIMEOUT, Tool};
+pub use traffic::{Exchange, UdpFlow, payload, seq_of, tcp_connect, tcp_listener};
+
+/// Command-line arguments from a mix of strings and numbers:
+/// `args!["--port", 5000, "--drop", 100]`.
+#[macro_export]
+macro_rules! args {
+    ($($arg:expr),* $(,)?) => { vec![$($arg.to_string()),*] };
+}
+
+/// Panics, saying how to run the suite, unless the process is root: the
+/// lab needs namespaces and the tool needs CAP_BPF and CAP_NET_ADMIN.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the integration tests need root (namespaces, bridges, BPF): \
+         run them with `sudo -E cargo test -p pygocentrus-tests` or `scripts/test`"
+    );
+}
+
+/// The binary under test: `$PYGOCENTRUS_BIN`, or the workspace's debug build.
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("PYGOCENTRUS_BIN").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/pygocentrus")),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "pygocentrus binary not found at {}: run `cargo build` first, or set PYGOCENTRUS_BIN",
+        path.display()
+    );
+    path
+}
+
+/// Whether this kernel has TCX (6.6+). Tests of the TCX path say they are
+/// skipped where it does not, and the netlink path is tested there instead.
+pub fn kernel_has_tcx() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
+
+/// The hook method `--hook auto` picks on this kernel.
+pub fn auto_hook() -> &'static str {
+    if kernel_has_tcx() { "tcx" } else { "netlink" }
+}
+
+/// Returns early from a test that needs TCX, saying why, on older kernels.
+#[macro_export]
+macro_rules! require_tcx {
+    () => {
+        if !$crate::kernel_has_tcx() {
+            eprintln!("skipped: this kernel has no TCX (6.6+); the netlink path is tested instead");
+            return;
+        }
+    };
+}

@@ -1,1 +1,42 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>` (the alias lives in `.cargo/config.toml`).
+
+mod bench;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "pygocentrus project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Measure the classifier's per-packet cost (BPF_PROG_TEST_RUN) and the
+    /// TCP throughput of a bridge with and without it; print the results and
+    /// rewrite the generated section of BENCHMARKS.md. Needs root.
+    Bench(bench::BenchArgs),
+    /// Run the integration tests under Debian's 6.1 (netlink fallback) and
+    /// 6.12 (TCX) kernels in QEMU; arguments after `--` go to every test
+    /// executable.
+    VmTest(vm::VmTestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Bench(args) => bench::run(&args),
+        Task::VmTest(args) => vm::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

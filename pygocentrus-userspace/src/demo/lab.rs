@@ -45,10 +45,7 @@ impl Lab {
 
         let inside = host.enter().context("entering the lab's host namespace")?;
         let nl = Netlink::open()?;
-        let bridge = nl
-            .add_bridge(BRIDGE)
-            .await
-            .with_context(|| format!("creating bridge {BRIDGE}"))?;
+        let bridge = nl.add_bridge(BRIDGE).await.with_context(|| format!("creating bridge {BRIDGE}"))?;
         for (port, ns, addr) in [(PORT_A, &a, ADDR_A), (PORT_B, &b, ADDR_B)] {
             nl.add_bridge_port_veth(port, bridge.index, ETH, ns)
                 .await
@@ -59,17 +56,9 @@ impl Lab {
                 .add_address(eth.index, addr.into(), PREFIX_LEN)
                 .await
                 .with_context(|| format!("adding {addr}/{PREFIX_LEN} to {ETH}"))?;
-            inner
-                .set_up(eth.index)
-                .await
-                .with_context(|| format!("bringing {ETH} up"))?;
+            inner.set_up(eth.index).await.with_context(|| format!("bringing {ETH} up"))?;
         }
-        Ok(Self {
-            _inside: inside,
-            _host: host,
-            a,
-            b,
-        })
+        Ok(Self { _inside: inside, _host: host, a, b })
     }
 }
 
@@ -90,8 +79,7 @@ fn quiet_ipv6() -> io::Result<()> {
 /// for a bad header checksum.
 pub fn ip_checksum_errors(ns: &Netns) -> Result<u64> {
     let text = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))?;
-    netstat_value(&text, "IpExt", "InCsumErrors")
-        .context("no IpExt InCsumErrors in /proc/net/netstat")
+    netstat_value(&text, "IpExt", "InCsumErrors").context("no IpExt InCsumErrors in /proc/net/netstat")
 }
 
 /// A value of `/proc/net/netstat`, where each group is a line of names

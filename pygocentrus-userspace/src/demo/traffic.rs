@@ -95,10 +95,7 @@ pub async fn udp(lab: &Lab, count: u32) -> Result<UdpRun> {
         io::Result::Ok(())
     };
     let receive = async {
-        let mut run = UdpRun {
-            sent: u64::from(count),
-            ..UdpRun::default()
-        };
+        let mut run = UdpRun { sent: u64::from(count), ..UdpRun::default() };
         let mut buf = [0u8; 2048];
         while run.received < run.sent {
             match tokio::time::timeout(QUIET, rx.recv(&mut buf)).await {
@@ -229,11 +226,7 @@ pub async fn echo(stream: &TcpStream, msg: &[u8]) -> io::Result<()> {
             n => got += n,
         }
     }
-    if back == msg {
-        Ok(())
-    } else {
-        Err(io::Error::other("the echo came back altered"))
-    }
+    if back == msg { Ok(()) } else { Err(io::Error::other("the echo came back altered")) }
 }
 
 /// Waits until A gets an echo from B. A new interface drops what it is
@@ -242,19 +235,14 @@ pub async fn echo(stream: &TcpStream, msg: &[u8]) -> io::Result<()> {
 pub async fn wait_reachable(lab: &Lab) -> Result<()> {
     let start = Instant::now();
     loop {
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, async {
-            echo(&connect(lab).await?, b"ready?\n").await
-        });
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, async { echo(&connect(lab).await?, b"ready?\n").await });
         let error = match probe.await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
             Err(_) => io::ErrorKind::TimedOut.into(),
         };
         if start.elapsed() > READY_WITHIN {
-            return Err(error).context(format!(
-                "A still cannot reach B after {}s",
-                READY_WITHIN.as_secs()
-            ));
+            return Err(error).context(format!("A still cannot reach B after {}s", READY_WITHIN.as_secs()));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -265,8 +253,7 @@ pub async fn round_trips(lab: &Lab, tries: u32) -> Vec<(TcpOutcome, Duration)> {
     let mut outcomes = Vec::new();
     for i in 0..tries {
         let msg = format!("ping {i}\n");
-        outcomes
-            .push(TcpOutcome::of(async { echo(&connect(lab).await?, msg.as_bytes()).await }).await);
+        outcomes.push(TcpOutcome::of(async { echo(&connect(lab).await?, msg.as_bytes()).await }).await);
     }
     outcomes
 }

@@ -1,0 +1,254 @@
+//! The real binary, run inside a lab's host namespace, with its output
+//! captured line by line as it comes.
+
+use std::{
+    fmt,
+    io::{BufRead as _, BufReader, Read},
+    marker::PhantomData,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde_json::Value;
+
+use crate::{Lab, binary};
+
+/// How long the tool may take to attach, or to exit once told to. Generous:
+/// loading and verifying the program on a loaded CI machine is slow.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Lines {
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    /// Streams not yet at end of file.
+    open: u8,
+}
+
+#[derive(Default)]
+struct Captured {
+    lines: Mutex<Lines>,
+    changed: Condvar,
+}
+
+impl Captured {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running `pygocentrus`. Dropping it kills the process; it borrows its
+/// lab, so it always ends before the lab's namespaces are deleted.
+pub struct Tool<'lab> {
+    child: Child,
+    captured: Arc<Captured>,
+    readers: Vec<JoinHandle<()>>,
+    done: bool,
+    _lab: PhantomData<&'lab Lab>,
+}
+
+/// What a finished run left: its exit status and every line it printed.
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Lab {
+    /// Starts `pygocentrus attach ARGS...` in the host namespace.
+    pub fn spawn(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
+        Tool::spawn(self.tool_command(&[], args))
+    }
+
+    /// Starts it as user and group 65534 with no capabilities.
+    pub fn spawn_unprivileged(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
+        let setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+        Tool::spawn(self.tool_command(&setpriv, args))
+    }
+
+    /// Starts the tool and waits until it says every hook is in place.
+    pub fn attach(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
+        let tool = self.spawn(args);
+        if tool.wait_stderr("attached", TOOL_TIMEOUT).is_none() {
+            let outcome = tool.stop(Signal::SIGKILL);
+            let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+            panic!("pygocentrus attach {} did not attach:\n{outcome}", args.join(" "));
+        }
+        tool
+    }
+
+    /// Runs the tool to its end (bad input, --duration).
+    pub fn run(&self, args: &[impl AsRef<str>]) -> Outcome {
+        self.spawn(args).wait(TOOL_TIMEOUT)
+    }
+
+    fn tool_command(&self, wrapper: &[&str], args: &[impl AsRef<str>]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.host()])
+            .args(wrapper)
+            .arg(binary())
+            .arg("attach")
+            .args(args.iter().map(AsRef::as_ref));
+        cmd
+    }
+}
+
+impl Tool<'_> {
+    fn spawn(mut cmd: Command) -> Self {
+        // `ip netns exec` execs the command: the child is the tool itself.
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let captured = Arc::new(Captured::default());
+        captured.lock().open = 2;
+        let stdout = child.stdout.take().map(|s| reader(&captured, s, |l| &mut l.stdout));
+        let stderr = child.stderr.take().map(|s| reader(&captured, s, |l| &mut l.stderr));
+        Self { child, captured, readers: stdout.into_iter().chain(stderr).collect(), done: false, _lab: PhantomData }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"))
+    }
+
+    /// Waits for a line on stderr containing `needle`; `None` after
+    /// `timeout`, or as soon as the process closed its output without one.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.captured.lock();
+        loop {
+            if let Some(line) = lines.stderr.iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if lines.open == 0 || left.is_zero() {
+                return None;
+            }
+            lines = self.captured.changed.wait_timeout(lines, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// The stderr lines printed so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.captured.lock().stderr.clone()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(self.pid(), signal).unwrap_or_else(|e| panic!("sending {signal}: {e}"));
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn stop(self, signal: Signal) -> Outcome {
+        self.signal(signal);
+        self.wait(TOOL_TIMEOUT)
+    }
+
+    /// Ends the run the normal way (SIGTERM) and checks it exits 0.
+    pub fn terminate(self) -> Outcome {
+        let outcome = self.stop(Signal::SIGTERM);
+        outcome.assert_exit(0);
+        outcome
+    }
+
+    /// Waits for the process to end by itself; kills it and panics after
+    /// `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Outcome {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap_or_else(|e| panic!("waiting for pygocentrus: {e}")) {
+                return self.collect(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let status = self.child.wait().unwrap_or_else(|e| panic!("waiting for pygocentrus: {e}"));
+                panic!("pygocentrus still ran after {timeout:?}; killed:\n{}", self.collect(status));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn collect(&mut self, status: ExitStatus) -> Outcome {
+        self.done = true;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let lines = std::mem::take(&mut *self.captured.lock());
+        Outcome { status, stdout: lines.stdout, stderr: lines.stderr }
+    }
+}
+
+impl Drop for Tool<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+        }
+    }
+}
+
+/// Copies lines of `stream` into the captured output as they arrive.
+fn reader(
+    captured: &Arc<Captured>,
+    stream: impl Read + Send + 'static,
+    pick: fn(&mut Lines) -> &mut Vec<String>,
+) -> JoinHandle<()> {
+    let captured = Arc::clone(captured);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            pick(&mut captured.lock()).push(line);
+            captured.changed.notify_all();
+        }
+        captured.lock().open -= 1;
+        captured.changed.notify_all();
+    })
+}
+
+impl Outcome {
+    /// Panics, showing the output, unless the exit status is `code`.
+    pub fn assert_exit(&self, code: i32) {
+        assert_eq!(self.status.code(), Some(code), "unexpected exit status:\n{self}");
+    }
+
+    /// The `--json` summary line.
+    pub fn summary(&self) -> Value {
+        self.stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "summary")
+            .unwrap_or_else(|| panic!("no JSON summary on stdout:\n{self}"))
+    }
+
+    /// Counter `name` of rule 1 in the `--json` summary.
+    pub fn counter(&self, name: &str) -> u64 {
+        let summary = self.summary();
+        summary["rules"][0][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in the summary {summary}"))
+    }
+
+    pub fn stderr_has(&self, needle: &str) -> bool {
+        self.stderr.iter().any(|l| l.contains(needle))
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "status: {}", self.status)?;
+        writeln!(f, "stderr:")?;
+        for l in &self.stderr {
+            writeln!(f, "  {l}")?;
+        }
+        writeln!(f, "stdout:")?;
+        for l in &self.stdout {
+            writeln!(f, "  {l}")?;
+        }
+        Ok(())
+    }
+}

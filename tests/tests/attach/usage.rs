@@ -1,0 +1,40 @@
+//! Bad input: one line on stderr, exit status 2, nothing attached.
+
+use std::time::Duration;
+
+use pygocentrus_tests::{BRIDGE, Lab, Outcome, TOOL_TIMEOUT, args};
+
+use crate::PORT;
+
+/// Panics unless the run was refused as bad input: status 2, exactly one
+/// line on stderr, nothing on stdout, and no hook anywhere in the lab.
+fn assert_refused(lab: &Lab, case: &str, out: &Outcome) {
+    assert_eq!(out.status.code(), Some(2), "{case}: wrong exit status:\n{out}");
+    assert_eq!(out.stderr.len(), 1, "{case}: not one line on stderr:\n{out}");
+    assert!(out.stderr[0].starts_with("pygocentrus: "), "{case}: unexpected message:\n{out}");
+    assert!(out.stdout.is_empty(), "{case}: printed on stdout:\n{out}");
+    lab.assert_clean(case, Duration::ZERO);
+}
+
+#[test]
+fn bad_input_is_refused_in_one_line_with_status_2() {
+    let lab = Lab::new("usage", 2);
+    let cases = [
+        ("unknown interface", args!["--iface", "nosuch0", "--port", PORT, "--drop", 5]),
+        ("--drop 101", args!["--iface", BRIDGE, "--port", PORT, "--drop", 101]),
+        ("no fault", args!["--iface", BRIDGE, "--port", PORT]),
+        ("no target", args!["--iface", BRIDGE, "--drop", 5]),
+        ("--reset on UDP", args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--reset", 10]),
+    ];
+    for (case, args) in &cases {
+        assert_refused(&lab, case, &lab.run(args));
+    }
+}
+
+#[test]
+fn an_unprivileged_user_is_refused_in_one_line_with_status_2() {
+    let lab = Lab::new("noroot", 2);
+    let out = lab.spawn_unprivileged(&args!["--iface", BRIDGE, "--port", PORT, "--drop", 5]).wait(TOOL_TIMEOUT);
+    assert_refused(&lab, "not root", &out);
+    assert!(out.stderr[0].contains("root"), "the message does not say what is missing:\n{out}");
+}
