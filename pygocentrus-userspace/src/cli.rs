@@ -37,6 +37,10 @@ pub enum Command {
     /// non-zero if an expected effect did not show, so it doubles as a smoke
     /// test.
     Demo(DemoArgs),
+    /// Started by `attach` itself: removes what a run that was killed
+    /// left behind (see guard.rs).
+    #[command(hide = true)]
+    Guard(GuardArgs),
 }
 
 const ATTACH_EXAMPLES: &str = "\
@@ -155,6 +159,13 @@ pub struct AttachArgs {
     /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
     #[arg(long, value_enum, default_value_t = HookMode::Auto)]
     pub hook: HookMode,
+}
+
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// The run to watch over.
+    #[arg(long)]
+    pub pid: u32,
 }
 
 #[derive(Debug, Args)]

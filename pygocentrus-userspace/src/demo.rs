@@ -138,7 +138,7 @@ impl Attack {
         let line = argv.join(" ");
         match Cli::try_parse_from(&argv).with_context(|| format!("parsing the demo's own `{line}`"))?.command {
             Command::Attach(args) => Ok((line, args)),
-            Command::Demo(_) => bail!("`{line}` parsed as a demo"),
+            other => bail!("`{line}` parsed as {other:?}"),
         }
     }
 }

@@ -87,7 +87,7 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn new(method: Method, fq: Option<FqParams>) -> Self {
-        let state = Path::new(STATE_DIR).join(format!("{}.state", std::process::id()));
+        let state = state_path(std::process::id());
         Self { method, fq, ports: BTreeMap::new(), state }
     }
 
@@ -205,13 +205,20 @@ impl Hooks {
         }
     }
 
+    /// Whether what these hooks add outlives this process if it is killed:
+    /// filters and clsact on the netlink path, fq on any path (TCX links
+    /// without fq die with their process).
+    pub fn leaves_state(&self) -> bool {
+        self.method == Method::Netlink || self.fq.is_some()
+    }
+
     /// Writes the state file: what outlives this process if it is killed
     /// (filters and clsact on the netlink path, fq on any path). The
     /// network namespace first (interface indexes only mean something
     /// inside it), then one line per port, `index name added_clsact added_fq`.
     /// TCX links without fq need none.
     fn save_state(&self) {
-        if self.method != Method::Netlink && self.fq.is_none() {
+        if !self.leaves_state() {
             return;
         }
         let mut text = format!("{NETNS_TAG} {}\n", netns_id().unwrap_or_default());
@@ -294,13 +301,12 @@ async fn remove_clsact_if_unused(nl: &Netlink, index: u32, name: &str) {
 }
 
 /// Removes what earlier runs that died without detaching (SIGKILL, power
-/// loss of the namespace's owner...) left on the netlink path: their filters
-/// and the clsact qdiscs they added. Returns the interfaces cleaned.
+/// loss of the namespace's owner...) left behind, as their state files say:
+/// filters and the clsact qdiscs they added, and their fq qdiscs. Returns
+/// the interfaces cleaned.
 pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
     let mut cleaned = Vec::new();
     let Ok(dir) = fs::read_dir(STATE_DIR) else { return Ok(cleaned) };
-    let links = nl.links().await?;
-    let own_netns = netns_id().context("identifying this network namespace")?;
     for entry in dir.flatten() {
         let path = entry.path();
         let Some(pid) = path
@@ -314,42 +320,65 @@ pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
         if pid as u32 == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let text = fs::read_to_string(&path).unwrap_or_default();
-        let mut lines = text.lines();
-        let netns = lines.next().and_then(|l| l.strip_prefix(NETNS_TAG)).map(str::trim);
-        if netns != Some(own_netns.as_str()) {
-            // Another namespace's leftovers: its indexes and names mean
-            // nothing here; a run inside that namespace cleans them.
+        cleaned.extend(clean_state_file(nl, &path).await?);
+    }
+    Ok(cleaned)
+}
+
+/// Removes what run `pid` left, if it left a state file: what its guard
+/// process does as soon as that run has ended (see `guard.rs`).
+pub async fn clean_after(nl: &Netlink, pid: u32) -> Result<Vec<String>> {
+    let path = state_path(pid);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    clean_state_file(nl, &path).await
+}
+
+fn state_path(pid: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{pid}.state"))
+}
+
+/// Undoes what one state file records, then deletes the file. A state file
+/// of another network namespace is left alone: its indexes and names mean
+/// nothing here, and a run inside that namespace cleans it.
+async fn clean_state_file(nl: &Netlink, path: &Path) -> Result<Vec<String>> {
+    let mut cleaned = Vec::new();
+    let own_netns = netns_id().context("identifying this network namespace")?;
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.lines();
+    let netns = lines.next().and_then(|l| l.strip_prefix(NETNS_TAG)).map(str::trim);
+    if netns != Some(own_netns.as_str()) {
+        return Ok(cleaned);
+    }
+    let links = nl.links().await?;
+    for line in lines {
+        let mut f = line.split_whitespace();
+        let (Some(index), Some(name), Some(added)) = (f.next(), f.next(), f.next()) else { continue };
+        let added_fq = f.next() == Some("1");
+        let Ok(index) = index.parse::<u32>() else { continue };
+        if !links.iter().any(|l| l.index == index && l.name == name) {
             continue;
         }
-        for line in lines {
-            let mut f = line.split_whitespace();
-            let (Some(index), Some(name), Some(added)) = (f.next(), f.next(), f.next()) else { continue };
-            let added_fq = f.next() == Some("1");
-            let Ok(index) = index.parse::<u32>() else { continue };
-            if !links.iter().any(|l| l.index == index && l.name == name) {
-                continue;
+        for hook in Hook::BOTH {
+            let attach_type = match hook {
+                Hook::Ingress => TcAttachType::Ingress,
+                Hook::Egress => TcAttachType::Egress,
+            };
+            match tc::qdisc_detach_program(name, attach_type, hook.program_name()) {
+                Ok(()) => {}
+                Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("pygocentrus: warning: removing a leftover filter from {name}: {e}"),
             }
-            for hook in Hook::BOTH {
-                let attach_type = match hook {
-                    Hook::Ingress => TcAttachType::Ingress,
-                    Hook::Egress => TcAttachType::Egress,
-                };
-                match tc::qdisc_detach_program(name, attach_type, hook.program_name()) {
-                    Ok(()) => {}
-                    Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => eprintln!("pygocentrus: warning: removing a leftover filter from {name}: {e}"),
-                }
-            }
-            if added == "1" {
-                remove_clsact_if_unused(nl, index, name).await;
-            }
-            if added_fq {
-                remove_fq(nl, index, name).await;
-            }
-            cleaned.push(name.to_owned());
         }
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        if added == "1" {
+            remove_clsact_if_unused(nl, index, name).await;
+        }
+        if added_fq {
+            remove_fq(nl, index, name).await;
+        }
+        cleaned.push(name.to_owned());
     }
+    fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     Ok(cleaned)
 }

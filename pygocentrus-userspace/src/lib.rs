@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod dist;
 pub mod engine;
+pub mod guard;
 pub mod hooks;
 pub mod netlink;
 pub mod netns;

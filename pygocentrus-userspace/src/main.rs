@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Attach(args) => pygocentrus::attach::run(args).await,
             Command::Demo(args) => pygocentrus::demo::run(args).await,
+            Command::Guard(args) => pygocentrus::guard::run(args.pid).await,
         }
     });
     match result {

@@ -228,15 +228,28 @@ fn fq_goes_in_for_the_run_and_the_original_root_qdisc_comes_back() {
 }
 
 #[test]
-fn fq_left_by_a_killed_run_is_removed_by_the_next_run() {
+fn fq_of_a_killed_run_is_removed_by_its_guard_or_else_by_the_next_run() {
     let (lab, client, server) = Lab::pair("killfq");
     require_fq!(lab);
     let flow = UdpFlow::new(&client, 0, &server, PORT, false);
-    lab.attach(&rule("udp", None, args!["--delay", "5ms"])).stop(Signal::SIGKILL);
-    let left = lab.leftovers();
-    assert!(!left.is_empty(), "a SIGKILLed run left nothing: it cannot have installed fq");
+    let delay = rule("udp", None, args!["--delay", "5ms"]);
+    // Killed alone: its guard takes fq (and any filter) off.
+    let out = lab.attach(&delay).stop(Signal::SIGKILL);
+    assert!(out.stderr_has("ended without detaching"), "the guard said nothing:\n{out}");
+    lab.assert_clean("after SIGKILL", Duration::from_secs(2));
 
+    // Killed with its guard: fq stays, and the next run removes it.
+    let tool = lab.attach(&delay);
+    let guard = tool.guard().expect("no guard process with fq installed");
+    nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
+    tool.stop(Signal::SIGKILL);
+    assert!(lab.port_hooks().iter().all(|(_, h)| h.fq), "fq went away by itself: {:#?}", lab.port_hooks());
     let tool = lab.attach(&rule("udp", None, args!["--drop", 0.001]));
+    assert!(
+        tool.stderr().iter().any(|l| l.contains("removed hooks a killed earlier run left on")),
+        "{:#?}",
+        tool.stderr()
+    );
     tool.terminate();
     lab.assert_clean("after the run that cleaned up", Duration::ZERO);
     assert_eq!(flow.exchange(20).received(), 20, "traffic does not flow after the clean-up");
