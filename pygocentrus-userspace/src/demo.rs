@@ -137,7 +137,7 @@ impl Attack {
         }
         let line = argv.join(" ");
         match Cli::try_parse_from(&argv).with_context(|| format!("parsing the demo's own `{line}`"))?.command {
-            Command::Attach(args) => Ok((line, args)),
+            Command::Attach(args) => Ok((line, *args)),
             other => bail!("`{line}` parsed as {other:?}"),
         }
     }

@@ -472,7 +472,7 @@ mod tests {
         v.extend(args.split_whitespace());
         match Cli::try_parse_from(v).unwrap().command {
             Command::Attach(a) => RuleSpec::from_attach(&a),
-            Command::Demo(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

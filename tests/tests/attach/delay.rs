@@ -4,12 +4,16 @@
 //! under Debian's kernels, which have it).
 //!
 //! Tolerances. EDT never lets a packet leave before its departure time, so
-//! lower bounds are exact: a ping under a 20 ms delay takes at least 20 ms.
-//! Upper bounds allow [`LATE`]: the time between fq's timer and the packet
-//! reaching the receiving socket, plus the scheduling noise of the machine.
-//! On hardware that is tens of microseconds; under QEMU's TCG emulation
-//! (how CI runs these tests) we saw single samples up to a few milliseconds
-//! late, so the upper bounds are on medians, with a margin of 5 ms.
+//! lower bounds are exact and strict: a ping under a 20 ms delay takes at
+//! least 20 ms, and one under 20 ± 10 ms at least 10 ms (a doubled jitter
+//! would break that). Upper bounds allow [`LATE`] on a median or a 95th
+//! percentile: the time between fq's timer and the packet reaching the
+//! receiving socket, plus the scheduling noise of the machine. On hardware
+//! that is tens of microseconds; under QEMU's TCG emulation (how CI runs
+//! these tests, several at once on a loaded host) we measured medians up to
+//! 5.6 ms late, hence 10 ms. They still catch a delay applied twice or in
+//! the wrong unit. How close the delay comes to what was asked is measured,
+//! beside netem, in the benchmark (BENCHMARKS.md).
 
 use std::{process::Command, time::Duration};
 
@@ -19,14 +23,18 @@ use serde_json::Value;
 
 use crate::{PORT, rule};
 
-/// How late a median sample may be (see the module's comment).
-const LATE: Duration = Duration::from_millis(5);
+/// How late a median (or 95th percentile) may be: see the module's comment.
+const LATE: Duration = Duration::from_millis(10);
 const MS: Duration = Duration::from_millis(1);
 
 fn median(samples: &[Duration]) -> Duration {
+    percentile(samples, 50)
+}
+
+fn percentile(samples: &[Duration], p: usize) -> Duration {
     let mut s = samples.to_vec();
     s.sort();
-    s[s.len() / 2]
+    s[(s.len() * p / 100).min(s.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -73,10 +81,10 @@ fn uniform_jitter_spreads_the_delay_over_its_whole_range() {
     tool.terminate();
 
     let added: Vec<Duration> = rtts.iter().map(|r| r.saturating_sub(base)).collect();
-    let (lo, hi) = (rtts.iter().min().copied().unwrap_or_default(), added.iter().max().copied().unwrap_or_default());
+    let (lo, hi) = (rtts.iter().min().copied().unwrap_or_default(), percentile(&added, 95));
     // Exact lower bound: 20 - 10 ms. Upper: 20 + 10 ms, plus lateness.
     assert!(lo >= 10 * MS, "a round trip of {:.2} ms under 20±10 ms", ms(lo));
-    assert!(hi <= 30 * MS + LATE, "an added delay of {:.2} ms under 20±10 ms", ms(hi));
+    assert!(hi <= 30 * MS + LATE, "95th percentile of the added delay {:.2} ms under 20±10 ms", ms(hi));
     // Uniform over [10, 30] ms: each sample falls in the lowest (or
     // highest) fifth with probability 1/5, so 100 samples all missing one
     // of them happens with probability 2·0.8^100 ≈ 4e-10.
