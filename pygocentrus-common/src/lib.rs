@@ -310,7 +310,18 @@ pub struct FlowKey {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as scalar fields: a `[u8; 3]` zeroed by an array literal
+    /// compiles to a `memset` call on BPF, and each call is a stack frame
+    /// the 512-byte limit counts (Linux 6.1 rounds frames to 32 bytes).
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn new(saddr: [u8; 16], daddr: [u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, _pad0: 0, _pad1: 0 }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -46,14 +46,7 @@ pub struct Packet {
 
 impl Packet {
     pub fn flow_key(&self) -> FlowKey {
-        FlowKey {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        FlowKey::new(self.saddr, self.daddr, self.sport, self.dport, self.proto)
     }
 
     /// The pseudo-header addresses: 4 bytes for IPv4, 16 for IPv6.
