@@ -65,7 +65,11 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
         // itself leaves by another port: its egress hook judges it.
         return Ok(PASS);
     }
-    let Some(pkt) = parse::packet(ctx)? else {
+    // Ports no rule names end here, before any address is copied or looked
+    // up: the path most packets take.
+    let portless = cfg.flags & CONFIG_PORTLESS != 0;
+    let Some(pkt) = parse::packet(ctx, |sport, dport| portless || maps::port_named(sport) || maps::port_named(dport))?
+    else {
         return Ok(PASS);
     };
     let Some((id, rule)) = find_rule(&pkt, cfg) else {

@@ -43,12 +43,18 @@ pub fn rule(id: u32) -> Option<&'static Rule> {
     RULES.get(id)
 }
 
+/// Whether some rule names `port` (network order). Port 0 (no port) never
+/// is: portless rules are flagged in the config.
+#[inline(always)]
+pub fn port_named(port: [u8; 2]) -> bool {
+    PORTS.get(u32::from(u16::from_be_bytes(port))).is_some_and(|m| *m != 0)
+}
+
 /// The trie entry for `port` (network order) on `addr`, if the port is one a
 /// rule names (port 0: the portless rules).
 #[inline(always)]
 pub fn target_with_port(addr: &[u8; 16], port: [u8; 2]) -> Option<&'static TargetValue> {
-    let host_port = u16::from_be_bytes(port);
-    if host_port != 0 && PORTS.get(u32::from(host_port)).copied().unwrap_or(0) == 0 {
+    if port != [0, 0] && !port_named(port) {
         return None;
     }
     let key = Key::new(PORT_BITS + ADDR_BITS, TargetKey { port, addr: *addr });
