@@ -26,6 +26,9 @@ pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_RULE_STATE: &str = "RULE_STATE";
+pub const MAP_DIST: &str = "DIST";
+pub const MAP_ORDER: &str = "ORDER";
 
 /// Rules are numbered `1..=MAX_RULES`; 0 means "no rule" in a [`TargetValue`].
 /// Counter slot 0 holds the totals of the program itself.
@@ -102,9 +105,50 @@ pub const PROB_ALWAYS: Threshold = u32::MAX;
 /// Rule flag: decisions come from `hash(seed, flow, packet index)` instead
 /// of the kernel's PRNG, so the same traffic gets the same faults.
 pub const RULE_SEEDED: u32 = 1;
+/// Rule flag: the Gilbert-Elliott loss model in [`Rule::ge`] is on.
+pub const RULE_GE: u32 = 2;
+/// Rule flag: a packet never leaves before an earlier packet of its flow
+/// (jitter then stretches gaps instead of reordering).
+pub const RULE_KEEP_ORDER: u32 = 4;
 
-/// The faults of one rule. Actions are tried in the order of the fields;
-/// the first that fires decides what happens to the packet.
+/// Jitter distributions (netem's four). All but uniform read a table of
+/// [`DIST_TABLE_SIZE`] values from the `DIST` map, at index `distribution - 1`.
+pub const DIST_UNIFORM: u32 = 0;
+pub const DIST_NORMAL: u32 = 1;
+pub const DIST_PARETO: u32 = 2;
+pub const DIST_PARETONORMAL: u32 = 3;
+/// Number of tables in the `DIST` map.
+pub const DIST_TABLES: u32 = 3;
+/// Entries per distribution table (a power of two: the kernel masks).
+pub const DIST_TABLE_SIZE: usize = 4096;
+/// Table values are standard deviations times this (netem's scale).
+pub const DIST_SCALE: i64 = 8192;
+
+/// One jitter distribution: quantiles of a zero-mean, unit-deviation
+/// distribution at evenly spaced probabilities, times [`DIST_SCALE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DistTable {
+    pub values: [i16; DIST_TABLE_SIZE],
+}
+
+/// The Gilbert-Elliott burst loss model, with netem's parameter meaning:
+/// in the good state a packet is lost with probability `1-k` and the state
+/// turns bad with probability `p`; in the bad state a packet is lost with
+/// probability `1-h` and the state turns good with probability `r`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeModel {
+    pub p: Threshold,
+    pub r: Threshold,
+    pub loss_bad: Threshold,
+    pub loss_good: Threshold,
+}
+
+/// The faults of one rule. Actions are tried in the order drop (and the
+/// loss model), reset, corrupt, corrupt-payload; the first that fires
+/// decides what happens to the packet. A packet that survives them may
+/// still be duplicated and is then scheduled (rate, delay).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
@@ -114,10 +158,47 @@ pub struct Rule {
     pub corrupt_payload: Threshold,
     /// `RULE_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    pub duplicate: Threshold,
     /// Seed for reproducible decisions (host order), used with [`RULE_SEEDED`].
     pub seed: u64,
+    /// Mean added delay in nanoseconds (0: none).
+    pub delay_ns: u64,
+    /// Jitter in nanoseconds: the half-width for uniform, the standard
+    /// deviation for the table distributions.
+    pub jitter_ns: u64,
+    /// Share of matched packets that get the delay.
+    pub delay_prob: Threshold,
+    /// `DIST_*`.
+    pub distribution: u32,
+    /// Rate limit in bytes per second (0: none).
+    pub rate_bytes: u64,
+    pub ge: GeModel,
 }
+
+impl Rule {
+    /// Whether the rule sets departure times: those need the `fq` qdisc.
+    pub const fn schedules(&self) -> bool {
+        ((self.delay_ns != 0 || self.jitter_ns != 0) && self.delay_prob != PROB_NEVER) || self.rate_bytes != 0
+    }
+}
+
+/// What a rule remembers between packets (one, shared by all CPUs; the
+/// kernel updates it without a lock: two CPUs racing may each take the
+/// same slot of the rate, as in Cilium's EDT bandwidth manager).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleState {
+    /// Earliest departure (monotonic ns) of the next packet under the rate.
+    pub next_departure: u64,
+    /// 1 while the loss model is in its bad state.
+    pub ge_bad: u32,
+    pub _pad: u32,
+}
+
+/// `skb->mark` bit carried by a duplicate while it passes the egress hook a
+/// second time, so that it is not judged (or duplicated) again. Cleared
+/// before the packet leaves.
+pub const MARK_DUPLICATE: u32 = 0x0100_0000;
 
 /// The dice a rule can throw, in the order they are thrown. The discriminant
 /// is mixed into the seeded hash so that each action gets its own draw.
@@ -130,6 +211,14 @@ pub enum Action {
     CorruptPayload = 4,
     /// Not an action: the draw that chooses which payload byte to damage.
     PayloadOffset = 5,
+    Duplicate = 6,
+    /// Whether the delay applies to this packet.
+    Delay = 7,
+    /// The draw that picks the delay from its distribution.
+    Jitter = 8,
+    /// The two draws of the loss model: state change, then loss.
+    GeTransition = 9,
+    GeLoss = 10,
 }
 
 /// Per-rule counters, one per CPU, summed by userspace. Slot 0 holds the
@@ -147,6 +236,12 @@ pub struct Counters {
     pub corrupted: u64,
     pub corrupted_payload: u64,
     pub reset: u64,
+    /// Packets given a later departure time by the delay.
+    pub delayed: u64,
+    /// Copies sent.
+    pub duplicated: u64,
+    /// Packets held back by the rate limit.
+    pub rate_limited: u64,
 }
 
 impl Counters {
@@ -158,6 +253,25 @@ impl Counters {
         self.corrupted += other.corrupted;
         self.corrupted_payload += other.corrupted_payload;
         self.reset += other.reset;
+        self.delayed += other.delayed;
+        self.duplicated += other.duplicated;
+        self.rate_limited += other.rate_limited;
+    }
+
+    /// What was counted since `before` (a snapshot of the same counters).
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            seen: self.seen.wrapping_sub(before.seen),
+            matched: self.matched.wrapping_sub(before.matched),
+            passed: self.passed.wrapping_sub(before.passed),
+            dropped: self.dropped.wrapping_sub(before.dropped),
+            corrupted: self.corrupted.wrapping_sub(before.corrupted),
+            corrupted_payload: self.corrupted_payload.wrapping_sub(before.corrupted_payload),
+            reset: self.reset.wrapping_sub(before.reset),
+            delayed: self.delayed.wrapping_sub(before.delayed),
+            duplicated: self.duplicated.wrapping_sub(before.duplicated),
+            rate_limited: self.rate_limited.wrapping_sub(before.rate_limited),
+        }
     }
 }
 
@@ -196,7 +310,18 @@ pub struct FlowKey {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as scalar fields: a `[u8; 3]` zeroed by an array literal
+    /// compiles to a `memset` call on BPF, and each call is a stack frame
+    /// the 512-byte limit counts (Linux 6.1 rounds frames to 32 bytes).
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn new(saddr: [u8; 16], daddr: [u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, _pad0: 0, _pad1: 0 }
+    }
 }
 
 #[cfg(feature = "user")]
@@ -209,4 +334,6 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::DistTable {}
+    unsafe impl aya::Pod for super::RuleState {}
 }

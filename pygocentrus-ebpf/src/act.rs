@@ -2,6 +2,8 @@
 //! not apply to the packet (or a helper failed), and the packet then passes
 //! as it was.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, programs::TcContext};
 use pygocentrus_common::{PROTO_TCP, PROTO_UDP, csum};
 
@@ -121,7 +123,10 @@ pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     let new_csum = if partial {
         csum::fold(pseudo)
     } else {
-        let mut hdr = [0u8; HDR_BUF];
+        // Not zeroed first: zeroing 64 bytes compiles to a `memset` call,
+        // a second stack frame that Linux 6.1's 512-byte limit has no room
+        // for. bpf_skb_load_bytes fills exactly the bytes read below.
+        let mut hdr = MaybeUninit::<[u8; HDR_BUF]>::uninit();
         // hlen is 20..=60; written so that the verifier sees 1..=64 even
         // after LLVM spills it (older verifiers lose a clamp's lower bound
         // and refuse a possibly zero-sized read).
@@ -129,9 +134,13 @@ pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
         check(unsafe {
             aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb as *const _, pkt.l4 as u32, hdr.as_mut_ptr().cast(), len)
         })?;
-        hdr[TCP_CSUM_OFF] = 0;
-        hdr[TCP_CSUM_OFF + 1] = 0;
-        !csum::fold(csum::sum_words(pseudo, &hdr[..hlen]))
+        // SAFETY: the helper succeeded, so the first `len` bytes are
+        // written, and `hlen` = `len` (20..=60 is left as is by the mask).
+        let hdr = unsafe { core::slice::from_raw_parts_mut(hdr.as_mut_ptr().cast::<u8>(), (len as usize).min(hlen)) };
+        if let Some(csum) = hdr.get_mut(TCP_CSUM_OFF..TCP_CSUM_OFF + 2) {
+            csum.copy_from_slice(&[0, 0]);
+        }
+        !csum::fold(csum::sum_words(pseudo, hdr))
     };
     ctx.store(csum_at, &new_csum.to_be_bytes(), 0).map_err(|_| ())?;
     Ok(())

@@ -8,15 +8,16 @@
 mod act;
 mod maps;
 mod parse;
+mod sched;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::classifier,
     programs::TcContext,
 };
 use pygocentrus_common::{
-    Action, CONFIG_BRIDGE, CONFIG_PORTLESS, Config, Counters, PROB_NEVER, PROTO_TCP, Rule, SIDE_FROM, SIDE_TO,
-    TargetValue, Threshold, decide,
+    Action, CONFIG_BRIDGE, CONFIG_PORTLESS, Config, Counters, MARK_DUPLICATE, PROB_NEVER, PROTO_TCP, RULE_GE, Rule,
+    SIDE_FROM, SIDE_TO, TargetValue, Threshold, decide,
 };
 
 use crate::parse::Packet;
@@ -52,19 +53,39 @@ fn classify(ctx: &TcContext, hook: Hook) -> i32 {
 
 #[inline(always)]
 fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
+    // A copy we made passes a second time: it is only scheduled.
+    let mark = mark(ctx);
+    let copy = mark & MARK_DUPLICATE != 0;
+    if copy {
+        ctx.set_mark(mark & !MARK_DUPLICATE);
+    }
     let cfg = maps::config().ok_or(())?;
     if hook == Hook::Ingress && cfg.flags & CONFIG_BRIDGE != 0 && !parse::to_mac(ctx, &cfg.bridge_mac)? {
         // On a bridge port, a packet that is not addressed to the bridge
         // itself leaves by another port: its egress hook judges it.
         return Ok(PASS);
     }
-    let Some(pkt) = parse::packet(ctx)? else {
+    // Ports no rule names end here, before any address is copied or looked
+    // up: the path most packets take.
+    let portless = cfg.flags & CONFIG_PORTLESS != 0;
+    let Some(pkt) = parse::packet(ctx, |sport, dport| portless || maps::port_named(sport) || maps::port_named(dport))?
+    else {
         return Ok(PASS);
     };
     let Some((id, rule)) = find_rule(&pkt, cfg) else {
         return Ok(PASS);
     };
-    Ok(judge(ctx, &pkt, id, rule))
+    if copy {
+        if hook == Hook::Egress {
+            schedule(ctx, &pkt, id, rule, &Dice::new(&pkt, rule));
+        }
+        return Ok(PASS);
+    }
+    maps::count(id, |c| {
+        c.seen += 1;
+        c.matched += 1;
+    });
+    Ok(judge(ctx, &pkt, id, rule, hook))
 }
 
 /// Looks the packet's destination, then its source, up in the target trie
@@ -95,24 +116,18 @@ fn find_rule(pkt: &Packet, cfg: &Config) -> Option<(u32, &'static Rule)> {
     None
 }
 
-/// The rule of `cell` in a trie entry, counted as seen and matched; if the
-/// cell is empty, remembers the entry's first rule in `seen` (the packet
+/// The rule of `cell` in a trie entry; if the cell is empty, remembers the entry's first rule in `seen` (the packet
 /// belongs to that rule's target but not to its protocol or direction).
 #[inline(always)]
 fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<(u32, &'static Rule)> {
-    let id = entry.rules[cell];
+    let id = entry.rules.get(cell).copied().unwrap_or(0);
     if id == 0 {
         if *seen == 0 {
             *seen = first_rule(entry);
         }
         return None;
     }
-    let rule = maps::rule(id)?;
-    maps::count(id, |c| {
-        c.seen += 1;
-        c.matched += 1;
-    });
-    Some((id, rule))
+    Some((id, maps::rule(id)?))
 }
 
 #[inline(always)]
@@ -127,14 +142,15 @@ fn first_rule(entry: &TargetValue) -> u32 {
     0
 }
 
-/// Throws the rule's dice in order (drop, reset, corrupt, corrupt-payload)
-/// and applies the first that fires. A fault that does not apply to this
-/// packet (a reset of an initial SYN, a payload fault on an empty segment)
-/// lets the packet pass.
+/// Throws the rule's dice in order (loss model and drop, reset, corrupt,
+/// corrupt-payload) and applies the first that fires. A fault that does not
+/// apply to this packet (a reset of an initial SYN, a payload fault on an
+/// empty segment) lets the packet pass. A packet that passes may be
+/// duplicated, and at egress gets its departure time.
 #[inline(always)]
-fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule) -> i32 {
+fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, hook: Hook) -> i32 {
     let dice = Dice::new(pkt, rule);
-    if dice.fires(rule.drop, Action::Drop) {
+    if dice.fires(rule.drop, Action::Drop) || (rule.flags & RULE_GE != 0 && ge_loss(id, rule, &dice)) {
         maps::count(id, |c| c.dropped += 1);
         return SHOT;
     }
@@ -152,8 +168,74 @@ fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule) -> i32 {
         maps::count(id, |c| c.corrupted_payload += 1);
         return PASS;
     }
+    if dice.fires(rule.duplicate, Action::Duplicate) && duplicate(ctx, hook).is_ok() {
+        maps::count(id, |c| c.duplicated += 1);
+    }
+    if hook == Hook::Egress {
+        schedule(ctx, pkt, id, rule, &dice);
+    }
     maps::count(id, bump_passed);
     PASS
+}
+
+/// Rate, delay and order for a packet leaving by egress, counted.
+#[inline(always)]
+fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) {
+    if !rule.schedules() {
+        return;
+    }
+    let delay = dice.fires(rule.delay_prob, Action::Delay);
+    let done = sched::schedule(ctx, pkt, id, rule, delay, dice.draw(Action::Jitter));
+    if done.delayed || done.rate_limited {
+        maps::count(id, |c| {
+            c.delayed += u64::from(done.delayed);
+            c.rate_limited += u64::from(done.rate_limited);
+        });
+    }
+}
+
+/// One step of the rule's Gilbert-Elliott chain: move between the good and
+/// bad states, then lose the packet with the loss probability of the state
+/// it is in (netem's order).
+#[inline(always)]
+fn ge_loss(id: u32, rule: &Rule, dice: &Dice) -> bool {
+    let Some(state) = maps::rule_state(id) else {
+        return false;
+    };
+    let ge = &rule.ge;
+    let switch = dice.draw(Action::GeTransition);
+    let loss = dice.draw(Action::GeLoss);
+    if state.ge_bad == 0 {
+        if decide::fires(switch, ge.p) {
+            state.ge_bad = 1;
+        }
+        decide::fires(loss, ge.loss_good)
+    } else {
+        if decide::fires(switch, ge.r) {
+            state.ge_bad = 0;
+        }
+        decide::fires(loss, ge.loss_bad)
+    }
+}
+
+/// Sends a copy of the packet through the same hook of the same device;
+/// the copy carries [`MARK_DUPLICATE`] so that it is not judged again.
+#[inline(always)]
+fn duplicate(ctx: &TcContext, hook: Hook) -> Result<(), ()> {
+    let mark = mark(ctx);
+    // SAFETY: reading a field of the context the kernel gave us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let flags = if hook == Hook::Ingress { u64::from(BPF_F_INGRESS) } else { 0 };
+    ctx.set_mark(mark | MARK_DUPLICATE);
+    let sent = ctx.clone_redirect(ifindex, flags);
+    ctx.set_mark(mark);
+    sent.map_err(|_| ())
+}
+
+#[inline(always)]
+fn mark(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context the kernel gave us.
+    unsafe { (*ctx.skb.skb).mark }
 }
 
 #[inline(always)]

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use pygocentrus_common::{
-    ADDR_BITS, Config, Counters, FlowKey, MAX_FLOWS, MAX_TARGETS, PORT_BITS, PortMark, RULE_SLOTS, Rule, TargetKey,
-    TargetValue,
+    ADDR_BITS, Config, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, FlowKey, MAX_FLOWS, MAX_TARGETS, PORT_BITS,
+    PortMark, RULE_SLOTS, Rule, RuleState, TargetKey, TargetValue,
 };
 
 /// (port, address prefix) → the rules of that target.
@@ -43,12 +43,18 @@ pub fn rule(id: u32) -> Option<&'static Rule> {
     RULES.get(id)
 }
 
+/// Whether some rule names `port` (network order). Port 0 (no port) never
+/// is: portless rules are flagged in the config.
+#[inline(always)]
+pub fn port_named(port: [u8; 2]) -> bool {
+    PORTS.get(u32::from(u16::from_be_bytes(port))).is_some_and(|m| *m != 0)
+}
+
 /// The trie entry for `port` (network order) on `addr`, if the port is one a
 /// rule names (port 0: the portless rules).
 #[inline(always)]
 pub fn target_with_port(addr: &[u8; 16], port: [u8; 2]) -> Option<&'static TargetValue> {
-    let host_port = u16::from_be_bytes(port);
-    if host_port != 0 && PORTS.get(u32::from(host_port)).copied().unwrap_or(0) == 0 {
+    if port != [0, 0] && !port_named(port) {
         return None;
     }
     let key = Key::new(PORT_BITS + ADDR_BITS, TargetKey { port, addr: *addr });
@@ -79,6 +85,56 @@ pub fn next_flow_index(key: &FlowKey) -> u64 {
             // Fail open: if the LRU cannot take it, every packet is index 0.
             let _ = FLOWS.insert(key, 1u64, 0);
             0
+        }
+    }
+}
+
+/// Rule id → what the rule remembers between packets (rate, loss model).
+#[map(name = "RULE_STATE")]
+static RULE_STATE: Array<RuleState> = Array::with_max_entries(RULE_SLOTS, 0);
+
+/// Jitter distribution tables (normal, pareto, paretonormal), filled by
+/// the loader.
+#[map(name = "DIST")]
+static DIST: Array<DistTable> = Array::with_max_entries(DIST_TABLES, 0);
+
+/// Directional 5-tuple → departure time of its latest packet, for rules
+/// that keep the order of a flow.
+#[map(name = "ORDER")]
+static ORDER: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[inline(always)]
+pub fn rule_state(id: u32) -> Option<&'static mut RuleState> {
+    // SAFETY: the array outlives the program; concurrent writers race
+    // benignly (see `RuleState`).
+    RULE_STATE.get_ptr_mut(id).map(|p| unsafe { &mut *p })
+}
+
+/// Entry `index` (masked into range) of distribution table `dist` (1-based,
+/// as `DIST_*`), or 0 if the loader did not fill it.
+#[inline(always)]
+pub fn dist_value(dist: u32, index: u32) -> i64 {
+    match DIST.get(dist.wrapping_sub(1)) {
+        Some(t) => i64::from(t.values[index as usize & (DIST_TABLE_SIZE - 1)]),
+        None => 0,
+    }
+}
+
+/// Makes `departure` no earlier than the previous packet of the flow and
+/// remembers it.
+#[inline(always)]
+pub fn in_flow_order(key: &FlowKey, departure: u64) -> u64 {
+    match ORDER.get_ptr_mut(key) {
+        // SAFETY: a valid pointer into the map's value.
+        Some(last) => unsafe {
+            let t = if *last > departure { *last } else { departure };
+            *last = t;
+            t
+        },
+        None => {
+            // Fail open: without a slot the packet keeps its own time.
+            let _ = ORDER.insert(key, departure, 0);
+            departure
         }
     }
 }

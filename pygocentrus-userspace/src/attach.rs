@@ -16,6 +16,7 @@ use pygocentrus_common::Counters;
 use crate::{
     cli::AttachArgs,
     engine::Engine,
+    guard::Guard,
     hooks::{self, Hooks, Method},
     netlink::{Link, LinkEvent, Netlink, link_events},
     plan::{Plan, RuleSpec, UsageError},
@@ -88,6 +89,9 @@ pub struct Attachment {
     nl: Netlink,
     target: Link,
     bridge_mac: Option<[u8; 6]>,
+    /// Takes the hooks off if this process dies without detaching; dropped
+    /// (and so ended) only after [`Attachment::detach`].
+    _guard: Option<Guard>,
 }
 
 impl Attachment {
@@ -97,7 +101,9 @@ impl Attachment {
         let contents = plan.map_contents()?;
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
-        let mut this = Self { plan, engine, hooks: Hooks::new(method), nl, bridge_mac: target.mac, target };
+        let hooks = Hooks::new(method, plan.fq_params());
+        let guard = if hooks.leaves_state() { Some(Guard::spawn()?) } else { None };
+        let mut this = Self { plan, engine, hooks, nl, bridge_mac: target.mac, target, _guard: guard };
         if let Err(e) = this.hook_target().await {
             this.detach().await;
             return Err(e);

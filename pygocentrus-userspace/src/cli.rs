@@ -6,7 +6,10 @@ use std::{net::IpAddr, str::FromStr, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::units::{Percent, parse_duration, parse_percent};
+use crate::{
+    plan::{GeSpec, parse_loss_model},
+    units::{Percent, Rate, parse_duration, parse_percent, parse_rate},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,12 +31,16 @@ pub enum Command {
     /// Attach faults to an interface or to every port of a bridge, until
     /// Ctrl-C, SIGTERM or --duration.
     #[command(after_long_help = ATTACH_EXAMPLES)]
-    Attach(AttachArgs),
+    Attach(Box<AttachArgs>),
     /// Run a self-contained demonstration in network namespaces: two hosts on
     /// a bridge, real traffic, then the same traffic under attack. Exits
     /// non-zero if an expected effect did not show, so it doubles as a smoke
     /// test.
     Demo(DemoArgs),
+    /// Started by `attach` itself: removes what a run that was killed
+    /// left behind (see guard.rs).
+    #[command(hide = true)]
+    Guard(GuardArgs),
 }
 
 const ATTACH_EXAMPLES: &str = "\
@@ -43,6 +50,9 @@ Examples:
 
   # every TCP segment from 198.18.0.2:6379 becomes a reset, for 30 seconds
   sudo pygocentrus attach --iface br0 --ip 198.18.0.2 --port 6379 --direction from --reset 100 --duration 30s
+
+  # 100 ms ± 20 ms (normal) on the replies of a service, at most 5 Mbit/s
+  sudo pygocentrus attach --iface br0 --ip 198.18.0.2 --direction from --delay 100ms --jitter 20ms --distribution normal --rate 5mbit
 
   # the same 10% of UDP datagrams damaged on every run, counters as JSON lines
   sudo pygocentrus attach --iface br0 --port 5353 --proto udp --corrupt 10 --seed 42 --json";
@@ -90,6 +100,45 @@ pub struct AttachArgs {
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub reset: Option<Percent>,
 
+    /// Hold matched packets back by this long before they leave (20ms,
+    /// 250us). Delay, jitter and rate need the fq qdisc: pygocentrus puts it
+    /// on the hooked ports and restores what was there on exit.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+
+    /// Vary the delay: ±DUR for the uniform distribution, a standard
+    /// deviation of DUR for the others.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub jitter: Option<Duration>,
+
+    /// Distribution of the jitter (netem's four).
+    #[arg(long, value_enum, value_name = "DIST")]
+    pub distribution: Option<Distribution>,
+
+    /// Delay only this share of matched packets (default: all).
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub delay_pct: Option<Percent>,
+
+    /// Never let jitter reorder a flow: a packet leaves no earlier than the
+    /// one before it in its flow.
+    #[arg(long)]
+    pub keep_order: bool,
+
+    /// Limit the matched traffic to this rate, shared by all its flows
+    /// (100kbit, 5mbit, 1gbit, 512kbps).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+
+    /// Burst loss with the Gilbert-Elliott model, parameters as netem's:
+    /// gemodel:P[,R[,1-H[,1-K]]] in percent (R defaults to 100-P, 1-H to
+    /// 100, 1-K to 0).
+    #[arg(long, value_name = "gemodel:P[,R[,1-H[,1-K]]]", value_parser = parse_loss_model)]
+    pub loss_model: Option<GeSpec>,
+
+    /// Send a copy of this share of matched packets.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub duplicate: Option<Percent>,
+
     /// Detach after this long (250us, 500ms, 30s, 2m).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -110,6 +159,13 @@ pub struct AttachArgs {
     /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
     #[arg(long, value_enum, default_value_t = HookMode::Auto)]
     pub hook: HookMode,
+}
+
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// The run to watch over.
+    #[arg(long)]
+    pub pid: u32,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +198,14 @@ pub enum Direction {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Distribution {
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HookMode {
     Auto,
     Tcx,
@@ -165,8 +229,8 @@ mod tests {
         let mut v = vec!["pygocentrus", "attach"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v).map(|c| match c.command {
-            Command::Attach(a) => a,
-            Command::Demo(_) => unreachable!(),
+            Command::Attach(a) => *a,
+            _ => unreachable!(),
         })
     }
 

@@ -137,8 +137,8 @@ impl Attack {
         }
         let line = argv.join(" ");
         match Cli::try_parse_from(&argv).with_context(|| format!("parsing the demo's own `{line}`"))?.command {
-            Command::Attach(args) => Ok((line, args)),
-            Command::Demo(_) => bail!("`{line}` parsed as a demo"),
+            Command::Attach(args) => Ok((line, *args)),
+            other => bail!("`{line}` parsed as {other:?}"),
         }
     }
 }

@@ -6,12 +6,12 @@ use aya::{
     programs::SchedClassifier,
 };
 use pygocentrus_common::{
-    CONFIG_BRIDGE, Config, Counters, MAP_CONFIG, MAP_COUNTERS, MAP_PORTS, MAP_RULES, MAP_TARGETS, PROG_EGRESS,
-    PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
+    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_PORTS, MAP_RULES, MAP_TARGETS,
+    PROG_EGRESS, PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
-use crate::plan::MapContents;
+use crate::{dist, plan::MapContents};
 
 /// The kernel program, built by `build.rs` and embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pygocentrus"));
@@ -67,7 +67,18 @@ impl Engine {
                 .map_err(|e| EngineError::Program(name, e))?;
             prog.load().map_err(|e| EngineError::Program(name, e))?;
         }
-        Ok(Self { ebpf, config: Config::default(), rules: 0 })
+        let mut engine = Self { ebpf, config: Config::default(), rules: 0 };
+        engine.write_dist_tables()?;
+        Ok(engine)
+    }
+
+    fn write_dist_tables(&mut self) -> Result<(), EngineError> {
+        let mut map: Array<_, DistTable> =
+            Array::try_from(self.map_mut(MAP_DIST)?).map_err(|e| EngineError::Map(MAP_DIST, e))?;
+        for (i, table) in dist::tables().iter().enumerate() {
+            map.set(i as u32, table, 0).map_err(|e| EngineError::Map(MAP_DIST, e))?;
+        }
+        Ok(())
     }
 
     pub fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, EngineError> {

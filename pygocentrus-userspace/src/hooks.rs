@@ -26,7 +26,7 @@ use aya::{
 use crate::{
     cli::HookMode,
     engine::{Engine, Hook},
-    netlink::{Link, Netlink},
+    netlink::{FqParams, Link, Netlink},
     plan::UsageError,
 };
 
@@ -73,18 +73,22 @@ struct Port {
     name: String,
     links: Vec<(Hook, SchedClassifierLinkId)>,
     added_clsact: bool,
+    /// We replaced the device's default root qdisc with `fq`.
+    added_fq: bool,
 }
 
 pub struct Hooks {
     method: Method,
+    /// Where departure times are set, the `fq` every port needs.
+    fq: Option<FqParams>,
     ports: BTreeMap<u32, Port>,
     state: PathBuf,
 }
 
 impl Hooks {
-    pub fn new(method: Method) -> Self {
-        let state = Path::new(STATE_DIR).join(format!("{}.state", std::process::id()));
-        Self { method, ports: BTreeMap::new(), state }
+    pub fn new(method: Method, fq: Option<FqParams>) -> Self {
+        let state = state_path(std::process::id());
+        Self { method, fq, ports: BTreeMap::new(), state }
     }
 
     pub fn method(&self) -> Method {
@@ -109,20 +113,19 @@ impl Hooks {
         if self.contains(link.index) {
             return Ok(());
         }
-        let mut port = Port { name: link.name.clone(), links: Vec::new(), added_clsact: false };
-        if self.method == Method::Netlink {
-            let kinds = nl.qdisc_kinds(link.index).await?;
-            if !kinds.iter().any(|k| k == "clsact") {
-                tc::qdisc_add_clsact(&link.name).with_context(|| format!("adding a clsact qdisc to {}", link.name))?;
-                port.added_clsact = true;
-            }
+        let mut port = Port { name: link.name.clone(), links: Vec::new(), added_clsact: false, added_fq: false };
+        if let Some(fq) = &self.fq {
+            port.added_fq = ensure_fq(nl, link, fq).await?;
         }
-        // Record before attaching: a crash between the two must still be
+        // Record before going on: a crash from here on must still be
         // cleaned up by the next start.
         self.ports.insert(link.index, port);
         self.save_state();
-        let mut result = Ok(());
+        let mut result = self.add_clsact(nl, link).await;
         for hook in Hook::BOTH {
+            if result.is_err() {
+                break;
+            }
             match self.attach_one(engine, &link.name, hook) {
                 Ok(id) => {
                     if let Some(p) = self.ports.get_mut(&link.index) {
@@ -139,6 +142,19 @@ impl Hooks {
             self.detach(engine, nl, link.index).await;
             return Err(e.context(format!("hooking {}", link.name)));
         }
+        Ok(())
+    }
+
+    /// On the netlink path, the clsact qdisc the filters hang on.
+    async fn add_clsact(&mut self, nl: &Netlink, link: &Link) -> Result<()> {
+        if self.method != Method::Netlink || nl.qdisc_kinds(link.index).await?.iter().any(|k| k == "clsact") {
+            return Ok(());
+        }
+        tc::qdisc_add_clsact(&link.name).with_context(|| format!("adding a clsact qdisc to {}", link.name))?;
+        if let Some(p) = self.ports.get_mut(&link.index) {
+            p.added_clsact = true;
+        }
+        self.save_state();
         Ok(())
     }
 
@@ -171,6 +187,9 @@ impl Hooks {
         if port.added_clsact && exists {
             remove_clsact_if_unused(nl, index, &port.name).await;
         }
+        if port.added_fq && exists {
+            remove_fq(nl, index, &port.name).await;
+        }
         self.save_state();
     }
 
@@ -186,16 +205,25 @@ impl Hooks {
         }
     }
 
-    /// Writes the state file of the netlink path: the network namespace
-    /// first (interface indexes only mean something inside it), then one
-    /// line per port, `index name added_clsact`. TCX needs none.
+    /// Whether what these hooks add outlives this process if it is killed:
+    /// filters and clsact on the netlink path, fq on any path (TCX links
+    /// without fq die with their process).
+    pub fn leaves_state(&self) -> bool {
+        self.method == Method::Netlink || self.fq.is_some()
+    }
+
+    /// Writes the state file: what outlives this process if it is killed
+    /// (filters and clsact on the netlink path, fq on any path). The
+    /// network namespace first (interface indexes only mean something
+    /// inside it), then one line per port, `index name added_clsact added_fq`.
+    /// TCX links without fq need none.
     fn save_state(&self) {
-        if self.method != Method::Netlink {
+        if !self.leaves_state() {
             return;
         }
         let mut text = format!("{NETNS_TAG} {}\n", netns_id().unwrap_or_default());
         for (index, p) in &self.ports {
-            text.push_str(&format!("{index} {} {}\n", p.name, u8::from(p.added_clsact)));
+            text.push_str(&format!("{index} {} {} {}\n", p.name, u8::from(p.added_clsact), u8::from(p.added_fq)));
         }
         let write = || -> std::io::Result<()> {
             fs::create_dir_all(STATE_DIR)?;
@@ -210,6 +238,45 @@ impl Hooks {
 }
 
 const NETNS_TAG: &str = "netns";
+
+/// Puts `fq` at the root of `link` unless it is there already. Returns
+/// whether we added it (and must remove it). A root qdisc someone set up
+/// (non-zero handle) is not replaced: delay would silently change their
+/// shaping.
+async fn ensure_fq(nl: &Netlink, link: &Link, fq: &FqParams) -> Result<bool> {
+    match nl.root_qdisc(link.index).await? {
+        Some((kind, _)) if kind == "fq" => return Ok(false),
+        Some((kind, handle)) if handle.major != 0 => {
+            return Err(UsageError::Qdisc(format!(
+                "{} has a root qdisc '{kind}' of its own; delay and rate need fq there: remove it or leave out --delay/--rate",
+                link.name
+            ))
+            .into());
+        }
+        _ => {}
+    }
+    match nl.set_root_fq(link.index, fq).await {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EINVAL)) => Err(UsageError::Qdisc(
+            "this kernel has no fq qdisc, which --delay and --rate need: load it with 'modprobe sch_fq'".to_owned(),
+        )
+        .into()),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("adding an fq qdisc to {}", link.name))),
+    }
+}
+
+/// Takes our `fq` off `index` again (if it is still ours: still fq).
+async fn remove_fq(nl: &Netlink, index: u32, name: &str) {
+    match nl.root_qdisc(index).await {
+        Ok(Some((kind, _))) if kind == "fq" => {
+            if let Err(e) = nl.del_root_qdisc(index).await {
+                eprintln!("pygocentrus: warning: removing the fq qdisc of {name}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("pygocentrus: warning: reading the root qdisc of {name}: {e}"),
+    }
+}
 
 /// The network namespace this process runs in, as `device:inode` of
 /// `/proc/self/ns/net`: stable for as long as the namespace exists.
@@ -234,13 +301,12 @@ async fn remove_clsact_if_unused(nl: &Netlink, index: u32, name: &str) {
 }
 
 /// Removes what earlier runs that died without detaching (SIGKILL, power
-/// loss of the namespace's owner...) left on the netlink path: their filters
-/// and the clsact qdiscs they added. Returns the interfaces cleaned.
+/// loss of the namespace's owner...) left behind, as their state files say:
+/// filters and the clsact qdiscs they added, and their fq qdiscs. Returns
+/// the interfaces cleaned.
 pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
     let mut cleaned = Vec::new();
     let Ok(dir) = fs::read_dir(STATE_DIR) else { return Ok(cleaned) };
-    let links = nl.links().await?;
-    let own_netns = netns_id().context("identifying this network namespace")?;
     for entry in dir.flatten() {
         let path = entry.path();
         let Some(pid) = path
@@ -254,38 +320,65 @@ pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
         if pid as u32 == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let text = fs::read_to_string(&path).unwrap_or_default();
-        let mut lines = text.lines();
-        let netns = lines.next().and_then(|l| l.strip_prefix(NETNS_TAG)).map(str::trim);
-        if netns != Some(own_netns.as_str()) {
-            // Another namespace's leftovers: its indexes and names mean
-            // nothing here; a run inside that namespace cleans them.
+        cleaned.extend(clean_state_file(nl, &path).await?);
+    }
+    Ok(cleaned)
+}
+
+/// Removes what run `pid` left, if it left a state file: what its guard
+/// process does as soon as that run has ended (see `guard.rs`).
+pub async fn clean_after(nl: &Netlink, pid: u32) -> Result<Vec<String>> {
+    let path = state_path(pid);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    clean_state_file(nl, &path).await
+}
+
+fn state_path(pid: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{pid}.state"))
+}
+
+/// Undoes what one state file records, then deletes the file. A state file
+/// of another network namespace is left alone: its indexes and names mean
+/// nothing here, and a run inside that namespace cleans it.
+async fn clean_state_file(nl: &Netlink, path: &Path) -> Result<Vec<String>> {
+    let mut cleaned = Vec::new();
+    let own_netns = netns_id().context("identifying this network namespace")?;
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.lines();
+    let netns = lines.next().and_then(|l| l.strip_prefix(NETNS_TAG)).map(str::trim);
+    if netns != Some(own_netns.as_str()) {
+        return Ok(cleaned);
+    }
+    let links = nl.links().await?;
+    for line in lines {
+        let mut f = line.split_whitespace();
+        let (Some(index), Some(name), Some(added)) = (f.next(), f.next(), f.next()) else { continue };
+        let added_fq = f.next() == Some("1");
+        let Ok(index) = index.parse::<u32>() else { continue };
+        if !links.iter().any(|l| l.index == index && l.name == name) {
             continue;
         }
-        for line in lines {
-            let mut f = line.split_whitespace();
-            let (Some(index), Some(name), Some(added)) = (f.next(), f.next(), f.next()) else { continue };
-            let Ok(index) = index.parse::<u32>() else { continue };
-            if !links.iter().any(|l| l.index == index && l.name == name) {
-                continue;
+        for hook in Hook::BOTH {
+            let attach_type = match hook {
+                Hook::Ingress => TcAttachType::Ingress,
+                Hook::Egress => TcAttachType::Egress,
+            };
+            match tc::qdisc_detach_program(name, attach_type, hook.program_name()) {
+                Ok(()) => {}
+                Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("pygocentrus: warning: removing a leftover filter from {name}: {e}"),
             }
-            for hook in Hook::BOTH {
-                let attach_type = match hook {
-                    Hook::Ingress => TcAttachType::Ingress,
-                    Hook::Egress => TcAttachType::Egress,
-                };
-                match tc::qdisc_detach_program(name, attach_type, hook.program_name()) {
-                    Ok(()) => {}
-                    Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => eprintln!("pygocentrus: warning: removing a leftover filter from {name}: {e}"),
-                }
-            }
-            if added == "1" {
-                remove_clsact_if_unused(nl, index, name).await;
-            }
-            cleaned.push(name.to_owned());
         }
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        if added == "1" {
+            remove_clsact_if_unused(nl, index, name).await;
+        }
+        if added_fq {
+            remove_fq(nl, index, name).await;
+        }
+        cleaned.push(name.to_owned());
     }
+    fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     Ok(cleaned)
 }

@@ -10,7 +10,9 @@
 pub mod attach;
 pub mod cli;
 pub mod demo;
+pub mod dist;
 pub mod engine;
+pub mod guard;
 pub mod hooks;
 pub mod netlink;
 pub mod netns;

@@ -30,8 +30,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Attach(args) => pygocentrus::attach::run(args).await,
+            Command::Attach(args) => pygocentrus::attach::run(*args).await,
             Command::Demo(args) => pygocentrus::demo::run(args).await,
+            Command::Guard(args) => pygocentrus::guard::run(args.pid).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! What pygocentrus learns from and asks of rtnetlink: interfaces, bridge
 //! ports, link events, the clsact qdisc of the netlink hook path, and the
-//! few links and addresses the demo's lab is made of.
+//! `fq` root qdisc that holds delayed packets; and the few links and
+//! addresses the demo's lab is made of.
 
 use std::{
     net::IpAddr,
@@ -10,11 +11,11 @@ use std::{
 use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, MulticastGroup,
-    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
-        tc::{TcAttribute, TcHandle, TcMessage},
+        tc::{TcAttribute, TcHandle, TcMessage, TcOption},
     },
 };
 use thiserror::Error;
@@ -28,6 +29,34 @@ pub enum NetlinkError {
     #[error("interface {0} not found")]
     NoSuchLink(String),
 }
+
+impl NetlinkError {
+    /// The errno the kernel answered with, if it answered with one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request(rtnetlink::Error::NetlinkError(e)) => e.raw_code().checked_neg(),
+            _ => None,
+        }
+    }
+}
+
+/// How the `fq` qdisc that enforces departure times is sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FqParams {
+    /// Packets the qdisc may hold in all (`limit`).
+    pub limit: u32,
+    /// Packets one flow may hold (`flow_limit`).
+    pub flow_limit: u32,
+    /// Packets stamped further than this in the future are capped to it,
+    /// not dropped (`horizon`, microseconds; `horizon_cap`).
+    pub horizon_us: u32,
+}
+
+// From linux/pkt_sched.h.
+const TCA_FQ_PLIMIT: u16 = 1;
+const TCA_FQ_FLOW_PLIMIT: u16 = 2;
+const TCA_FQ_HORIZON: u16 = 14;
+const TCA_FQ_HORIZON_DROP: u16 = 15;
 
 /// An interface, as far as pygocentrus cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +139,53 @@ impl Netlink {
                 })
             })
             .collect())
+    }
+
+    /// The root qdisc of `index`: its kind and handle. A device's default
+    /// root qdisc (noqueue, pfifo_fast, mq...) has handle 0.
+    pub async fn root_qdisc(&self, index: u32) -> Result<Option<(String, TcHandle)>, NetlinkError> {
+        let msgs: Vec<TcMessage> = self.handle.qdisc().get().index(index as i32).execute().try_collect().await?;
+        Ok(msgs.iter().filter(|m| m.header.index == index as i32 && m.header.parent == TcHandle::ROOT).find_map(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                TcAttribute::Kind(k) => Some((k.clone(), m.header.handle)),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Makes `fq` the root qdisc of `index` (rtnetlink has no builder for
+    /// fq's options, so the request is composed here).
+    pub async fn set_root_fq(&self, index: u32, fq: &FqParams) -> Result<(), NetlinkError> {
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = TcHandle::ROOT;
+        let u32_opt = |kind: u16, v: u32| TcOption::Other(DefaultNla::new(kind, v.to_ne_bytes().to_vec()));
+        msg.attributes.push(TcAttribute::Kind("fq".to_owned()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            u32_opt(TCA_FQ_PLIMIT, fq.limit),
+            u32_opt(TCA_FQ_FLOW_PLIMIT, fq.flow_limit),
+            u32_opt(TCA_FQ_HORIZON, fq.horizon_us),
+            TcOption::Other(DefaultNla::new(TCA_FQ_HORIZON_DROP, vec![0])),
+        ]));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(req)?;
+        while let Some(msg) = responses.next().await {
+            if let NetlinkPayload::Error(e) = msg.payload
+                && e.code.is_some()
+            {
+                return Err(rtnetlink::Error::NetlinkError(e).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the root qdisc of `index`: the device goes back to its default.
+    pub async fn del_root_qdisc(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut req = self.handle.qdisc().del(index as i32);
+        req.message_mut().header.parent = TcHandle::ROOT;
+        req.execute().await?;
+        Ok(())
     }
 
     /// Removes the clsact qdisc of `index` (and with it any filter on it).

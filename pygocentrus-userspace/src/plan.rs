@@ -1,25 +1,37 @@
 //! From what the user typed to the exact values the kernel reads: a
 //! validated [`Plan`] of rules, and the [`MapContents`] that encode it.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 use pygocentrus_common::{
-    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, MAX_RULES, PORT_BITS, RULE_SEEDED, Rule, SIDE_FROM,
+    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL,
+    DIST_UNIFORM, GeModel, MAX_RULES, PORT_BITS, PROB_ALWAYS, RULE_GE, RULE_KEEP_ORDER, RULE_SEEDED, Rule, SIDE_FROM,
     SIDE_TO, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
 use crate::{
-    cli::{AttachArgs, Direction, Proto},
-    units::Percent,
+    cli::{AttachArgs, Direction, Distribution, Proto},
+    netlink::FqParams,
+    units::{Percent, Rate, parse_percent},
 };
 
 /// Input that cannot work: reported in one line, exit status 2.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum UsageError {
-    #[error("no fault given: add --drop, --corrupt, --corrupt-payload or --reset with a percentage above 0")]
+    #[error(
+        "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate or --loss-model"
+    )]
     NoFault,
+    #[error("{0} needs --delay")]
+    NeedsDelay(&'static str),
+    #[error("--distribution needs --jitter")]
+    DistributionNeedsJitter,
+    #[error("--keep-order needs --jitter (without jitter a flow keeps its order anyway)")]
+    KeepOrderNeedsJitter,
+    #[error("{0}")]
+    Qdisc(String),
     #[error("refusing to impair all traffic: give --ip and/or --port, or --all to mean it")]
     NoTarget,
     #[error("--reset needs TCP, but --proto is udp")]
@@ -41,18 +53,108 @@ pub enum UsageError {
     Kernel(String),
 }
 
-/// The faults of a rule, as probabilities.
+/// The faults of a rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Faults {
     pub drop: Option<Percent>,
     pub reset: Option<Percent>,
     pub corrupt: Option<Percent>,
     pub corrupt_payload: Option<Percent>,
+    pub duplicate: Option<Percent>,
+    pub loss_model: Option<GeSpec>,
+    pub delay: Option<Delay>,
+    pub rate: Option<Rate>,
+}
+
+/// The delay of a rule: mean, jitter and its distribution, the share of
+/// packets delayed, and whether flows keep their order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Delay {
+    pub mean: Duration,
+    pub jitter: Duration,
+    pub distribution: Distribution,
+    pub share: Option<Percent>,
+    pub keep_order: bool,
+}
+
+/// The Gilbert-Elliott loss model as netem takes it, in percent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GeSpec {
+    pub p: Percent,
+    pub r: Percent,
+    pub loss_bad: Percent,
+    pub loss_good: Percent,
+}
+
+/// `gemodel:P[,R[,1-H[,1-K]]]`, netem's defaults for what is left out:
+/// R = 100-P, 1-H = 100, 1-K = 0.
+pub fn parse_loss_model(s: &str) -> Result<GeSpec, String> {
+    let params = s
+        .strip_prefix("gemodel:")
+        .ok_or_else(|| format!("'{s}' is not a loss model (write gemodel:P[,R[,1-H[,1-K]]])"))?;
+    let values = params.split(',').map(parse_percent).collect::<Result<Vec<_>, _>>()?;
+    let pct = |v: f64| parse_percent(&v.to_string());
+    match values[..] {
+        [p] => Ok(GeSpec { p, r: pct(100.0 - p.value())?, loss_bad: pct(100.0)?, loss_good: pct(0.0)? }),
+        [p, r] => Ok(GeSpec { p, r, loss_bad: pct(100.0)?, loss_good: pct(0.0)? }),
+        [p, r, loss_bad] => Ok(GeSpec { p, r, loss_bad, loss_good: pct(0.0)? }),
+        [p, r, loss_bad, loss_good] => Ok(GeSpec { p, r, loss_bad, loss_good }),
+        _ => Err(format!("'{s}' has too many parameters (gemodel takes at most four)")),
+    }
+}
+
+fn on(p: Option<Percent>) -> bool {
+    p.is_some_and(|p| p.value() > 0.0)
 }
 
 impl Faults {
     fn any(&self) -> bool {
-        [self.drop, self.reset, self.corrupt, self.corrupt_payload].iter().any(|p| p.is_some_and(|p| p.value() > 0.0))
+        [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate].into_iter().any(on)
+            || self.loss_model.is_some()
+            || self.rate.is_some()
+            || self.delay.is_some_and(|d| !(d.mean + d.jitter).is_zero() && d.share.is_none_or(|s| s.value() > 0.0))
+    }
+
+    /// Whether packets get departure times: those need `fq`.
+    pub fn schedules(&self) -> bool {
+        self.rule_fields().schedules()
+    }
+
+    fn rule_fields(&self) -> Rule {
+        let t = |p: Option<Percent>| p.map_or(0, Percent::threshold);
+        let mut rule = Rule {
+            drop: t(self.drop),
+            reset: t(self.reset),
+            corrupt: t(self.corrupt),
+            corrupt_payload: t(self.corrupt_payload),
+            duplicate: t(self.duplicate),
+            rate_bytes: self.rate.map_or(0, |r| r.0),
+            ..Rule::default()
+        };
+        if let Some(ge) = self.loss_model {
+            rule.flags |= RULE_GE;
+            rule.ge = GeModel {
+                p: ge.p.threshold(),
+                r: ge.r.threshold(),
+                loss_bad: ge.loss_bad.threshold(),
+                loss_good: ge.loss_good.threshold(),
+            };
+        }
+        if let Some(d) = self.delay {
+            rule.delay_ns = d.mean.as_nanos().min(u128::from(u64::MAX)) as u64;
+            rule.jitter_ns = d.jitter.as_nanos().min(u128::from(u64::MAX)) as u64;
+            rule.delay_prob = d.share.map_or(PROB_ALWAYS, Percent::threshold);
+            rule.distribution = match d.distribution {
+                Distribution::Uniform => DIST_UNIFORM,
+                Distribution::Normal => DIST_NORMAL,
+                Distribution::Pareto => DIST_PARETO,
+                Distribution::Paretonormal => DIST_PARETONORMAL,
+            };
+            if d.keep_order {
+                rule.flags |= RULE_KEEP_ORDER;
+            }
+        }
+        rule
     }
 }
 
@@ -74,7 +176,16 @@ impl RuleSpec {
             port: a.port,
             proto: a.proto,
             direction: a.direction,
-            faults: Faults { drop: a.drop, reset: a.reset, corrupt: a.corrupt, corrupt_payload: a.corrupt_payload },
+            faults: Faults {
+                drop: a.drop,
+                reset: a.reset,
+                corrupt: a.corrupt,
+                corrupt_payload: a.corrupt_payload,
+                duplicate: a.duplicate,
+                loss_model: a.loss_model,
+                delay: delay_of(a)?,
+                rate: a.rate,
+            },
             seed: a.seed,
         };
         spec.validate(a.all)?;
@@ -88,7 +199,6 @@ impl RuleSpec {
         if self.ip.is_none() && self.port.is_none() && !all {
             return Err(UsageError::NoTarget);
         }
-        let on = |p: Option<Percent>| p.is_some_and(|p| p.value() > 0.0);
         if on(self.faults.reset) && self.proto == Proto::Udp {
             return Err(UsageError::ResetNeedsTcp);
         }
@@ -100,16 +210,12 @@ impl RuleSpec {
 
     /// The kernel's view of the faults.
     pub fn rule(&self) -> Rule {
-        let t = |p: Option<Percent>| p.map_or(0, Percent::threshold);
-        Rule {
-            drop: t(self.faults.drop),
-            reset: t(self.faults.reset),
-            corrupt: t(self.faults.corrupt),
-            corrupt_payload: t(self.faults.corrupt_payload),
-            flags: if self.seed.is_some() { RULE_SEEDED } else { 0 },
-            _pad: 0,
-            seed: self.seed.unwrap_or(0),
+        let mut rule = self.faults.rule_fields();
+        if let Some(seed) = self.seed {
+            rule.flags |= RULE_SEEDED;
+            rule.seed = seed;
         }
+        rule
     }
 
     /// Trie prefix length and key of the target.
@@ -143,6 +249,37 @@ impl RuleSpec {
         };
         sides.iter().flat_map(move |s| classes.iter().map(move |c| TargetValue::index(*s, *c)))
     }
+}
+
+/// The delay flags, checked for sense: jitter and the rest refine a delay.
+fn delay_of(a: &AttachArgs) -> Result<Option<Delay>, UsageError> {
+    let Some(mean) = a.delay else {
+        for (given, flag) in [
+            (a.jitter.is_some(), "--jitter"),
+            (a.distribution.is_some(), "--distribution"),
+            (a.delay_pct.is_some(), "--delay-pct"),
+            (a.keep_order, "--keep-order"),
+        ] {
+            if given {
+                return Err(UsageError::NeedsDelay(flag));
+            }
+        }
+        return Ok(None);
+    };
+    let jitter = a.jitter.unwrap_or_default();
+    if jitter.is_zero() && a.distribution.is_some_and(|d| d != Distribution::Uniform) {
+        return Err(UsageError::DistributionNeedsJitter);
+    }
+    if jitter.is_zero() && a.keep_order {
+        return Err(UsageError::KeepOrderNeedsJitter);
+    }
+    Ok(Some(Delay {
+        mean,
+        jitter,
+        distribution: a.distribution.unwrap_or(Distribution::Uniform),
+        share: a.delay_pct,
+        keep_order: a.keep_order,
+    }))
 }
 
 impl RuleSpec {
@@ -186,6 +323,28 @@ impl fmt::Display for RuleSpec {
                 write!(f, " {name} {p}")?;
             }
         }
+        if let Some(ge) = self.faults.loss_model {
+            write!(f, " loss gemodel {} {} {} {}", ge.p, ge.r, ge.loss_bad, ge.loss_good)?;
+        }
+        if let Some(p) = self.faults.duplicate.filter(|p| p.value() > 0.0) {
+            write!(f, " duplicate {p}")?;
+        }
+        if let Some(d) = self.faults.delay {
+            write!(f, " delay {:?}", d.mean)?;
+            if !d.jitter.is_zero() {
+                let dist = format!("{:?}", d.distribution).to_lowercase();
+                write!(f, " jitter {:?} {dist}", d.jitter)?;
+            }
+            if let Some(share) = d.share {
+                write!(f, " on {share}")?;
+            }
+            if d.keep_order {
+                f.write_str(" in order")?;
+            }
+        }
+        if let Some(rate) = self.faults.rate {
+            write!(f, " rate {rate}")?;
+        }
         if let Some(seed) = self.seed {
             write!(f, " seed {seed}")?;
         }
@@ -215,6 +374,28 @@ pub struct MapContents {
 type EntryKey = (u32, [u8; 2], [u8; 16]);
 
 impl Plan {
+    /// How to size `fq` if some rule sets departure times: room for all
+    /// that is in flight during the longest delay (mean plus four standard
+    /// deviations, the tables' reach) at the highest rate given (10 Gbit/s
+    /// where a delayed rule has none), in full-size packets, twice over;
+    /// never fewer than 10 000 packets. One flow may use all of it. The
+    /// horizon (beyond which fq caps a departure time) is twice the longest
+    /// delay, at least fq's default 10 s.
+    pub fn fq_params(&self) -> Option<FqParams> {
+        const LINE_RATE: f64 = 10e9 / 8.0;
+        const PACKET: f64 = 1500.0;
+        let scheduled: Vec<&Faults> = self.rules.iter().map(|r| &r.faults).filter(|f| f.schedules()).collect();
+        if scheduled.is_empty() {
+            return None;
+        }
+        let longest =
+            scheduled.iter().filter_map(|f| f.delay).map(|d| (d.mean + d.jitter * 4).as_secs_f64()).fold(0.0, f64::max);
+        let fastest = scheduled.iter().map(|f| f.rate.map_or(LINE_RATE, |r| r.0 as f64)).fold(0.0, f64::max);
+        let limit = (2.0 * longest * fastest / PACKET).ceil().clamp(10_000.0, 1_000_000.0) as u32;
+        let horizon_us = (2.0 * longest * 1e6).clamp(10e6, f64::from(u32::MAX)) as u32;
+        Some(FqParams { limit, flow_limit: limit, horizon_us })
+    }
+
     pub fn map_contents(&self) -> Result<MapContents, UsageError> {
         if self.rules.len() > MAX_RULES as usize {
             return Err(UsageError::TooMany(self.rules.len()));
@@ -291,7 +472,7 @@ mod tests {
         v.extend(args.split_whitespace());
         match Cli::try_parse_from(v).unwrap().command {
             Command::Attach(a) => RuleSpec::from_attach(&a),
-            Command::Demo(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

@@ -27,11 +27,18 @@ impl Snapshot<'_> {
     /// `3s classifier saw 1200 | rule 1: matched 600 passed 420 dropped 180 ...`
     pub fn text(&self) -> String {
         let mut s = format!("{:.0}s classifier saw {}", self.elapsed.as_secs_f64(), self.total_seen());
-        for (id, c, _) in self.per_rule() {
+        for (id, c, r) in self.per_rule() {
             s.push_str(&format!(
                 " | rule {id}: seen {} matched {} passed {} dropped {} corrupted {} corrupted-payload {} reset {}",
                 c.seen, c.matched, c.passed, c.dropped, c.corrupted, c.corrupted_payload, c.reset
             ));
+            // The delay family only when the rule has it, to keep the line short.
+            if c.delayed + c.duplicated + c.rate_limited != 0 || r.faults.schedules() || r.faults.duplicate.is_some() {
+                s.push_str(&format!(
+                    " delayed {} duplicated {} rate-limited {}",
+                    c.delayed, c.duplicated, c.rate_limited
+                ));
+            }
         }
         s
     }
@@ -50,6 +57,9 @@ impl Snapshot<'_> {
                     "corrupted": c.corrupted,
                     "corrupted_payload": c.corrupted_payload,
                     "reset": c.reset,
+                    "delayed": c.delayed,
+                    "duplicated": c.duplicated,
+                    "rate_limited": c.rate_limited,
                 })
             })
             .collect();

@@ -1,4 +1,4 @@
-//! Percentages and durations written the way tc users write them.
+//! Percentages, durations and rates written the way tc users write them.
 
 use std::time::Duration;
 
@@ -60,9 +60,74 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v * scale).map_err(|_| format!("'{s}' is not a valid duration"))
 }
 
+/// A rate in bytes per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bits = self.0 as f64 * 8.0;
+        match bits {
+            b if b >= 1e9 => write!(f, "{}gbit", b / 1e9),
+            b if b >= 1e6 => write!(f, "{}mbit", b / 1e6),
+            b if b >= 1e3 => write!(f, "{}kbit", b / 1e3),
+            b => write!(f, "{b}bit"),
+        }
+    }
+}
+
+/// A rate as tc writes it: `100kbit`, `5mbit`, `1gbit` (bits per second,
+/// SI prefixes; `kibit`, `mibit`, `gibit` for powers of 1024), `512kbps`,
+/// `1mbps` (bytes per second). A bare number is refused (tc reads it as
+/// bits, many people as bytes).
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("'{s}' needs a unit: 100kbit, 5mbit, 1gbit, 512kbps"))?;
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a rate (write 100kbit, 5mbit, 1gbit or 512kbps)"))?;
+    let bits_per_unit = match unit {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        "kibit" => 1024.0,
+        "mibit" => 1024.0 * 1024.0,
+        "gibit" => 1024.0 * 1024.0 * 1024.0,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        other => {
+            return Err(format!("unknown rate unit '{other}' in '{s}' (use bit, kbit, mbit, gbit or bps, kbps, mbps)"));
+        }
+    };
+    let bytes = (v * bits_per_unit / 8.0).round();
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("rate '{s}' is out of range (at least 8bit)"));
+    }
+    Ok(Rate(bytes as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_forms() {
+        assert_eq!(parse_rate("100kbit"), Ok(Rate(12_500)));
+        assert_eq!(parse_rate("5mbit"), Ok(Rate(625_000)));
+        assert_eq!(parse_rate("1gbit"), Ok(Rate(125_000_000)));
+        assert_eq!(parse_rate("512kbps"), Ok(Rate(512_000)));
+        assert_eq!(parse_rate("1MBit"), Ok(Rate(125_000)));
+        assert_eq!(parse_rate("1mibit"), Ok(Rate(131_072)));
+        for bad in ["100", "5 furlongs", "kbit", "0kbit", "-1mbit"] {
+            assert!(parse_rate(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(Rate(625_000).to_string(), "5mbit");
+    }
 
     #[test]
     fn percent_forms() {

@@ -64,6 +64,19 @@ pub fn auto_hook() -> &'static str {
     if kernel_has_tcx() { "tcx" } else { "netlink" }
 }
 
+/// Returns early from a test that needs the `fq` qdisc (delay, jitter,
+/// rate), saying why, on a kernel without it: `cargo xtask vm-test` runs
+/// those tests under kernels that have it.
+#[macro_export]
+macro_rules! require_fq {
+    ($lab:expr) => {
+        if !$lab.has_fq() {
+            eprintln!("skipped: this kernel has no fq qdisc (sch_fq); `cargo xtask vm-test` runs this test");
+            return;
+        }
+    };
+}
+
 /// Returns early from a test that needs TCX, saying why, on older kernels.
 #[macro_export]
 macro_rules! require_tcx {

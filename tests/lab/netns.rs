@@ -126,6 +126,8 @@ pub struct PortHooks {
     pub filters: Vec<String>,
     /// TCX programs as `ingress:NAME` / `egress:NAME`.
     pub tcx: Vec<String>,
+    /// An `fq` root qdisc is present (the delay family installs one).
+    pub fq: bool,
 }
 
 impl PortHooks {
@@ -261,6 +263,23 @@ impl Lab {
         }
     }
 
+    /// `tc -n HOST ARGS...`: panics if tc fails.
+    pub fn tc(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.host.as_str()];
+        all.extend_from_slice(args);
+        run("tc", &all)
+    }
+
+    /// Whether this kernel has the `fq` qdisc (built in or loadable): tried
+    /// on the host namespace's loopback, then taken off again.
+    pub fn has_fq(&self) -> bool {
+        let added = output("tc", &["-n", &self.host, "qdisc", "add", "dev", "lo", "root", "fq"]).status.success();
+        if added {
+            self.tc(&["qdisc", "del", "dev", "lo", "root"]);
+        }
+        added
+    }
+
     /// Every interface of the host namespace: the bridge, its ports, lo.
     pub fn host_links(&self) -> Vec<String> {
         self.ip(&self.host, &["-o", "link", "show"])
@@ -277,7 +296,9 @@ impl Lab {
             all.extend_from_slice(args);
             run("tc", &all)
         };
-        let clsact = tc(&["qdisc", "show", "dev", dev]).lines().any(|l| l.contains("clsact"));
+        let qdiscs = tc(&["qdisc", "show", "dev", dev]);
+        let clsact = qdiscs.lines().any(|l| l.contains("clsact"));
+        let fq = qdiscs.lines().any(|l| l.starts_with("qdisc fq ") && l.contains(" root "));
         let filters = ["ingress", "egress"]
             .iter()
             .flat_map(|hook| tc(&["filter", "show", "dev", dev, hook]).lines().map(str::to_owned).collect::<Vec<_>>())
@@ -296,7 +317,7 @@ impl Lab {
                 })
                 .collect()
         });
-        PortHooks { clsact, filters, tcx }
+        PortHooks { clsact, filters, tcx, fq }
     }
 
     /// The interfaces that still carry some hook, with what they carry.

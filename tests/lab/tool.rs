@@ -116,6 +116,14 @@ impl Tool<'_> {
         Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"))
     }
 
+    /// The tool's guard process (it starts one when what it adds would
+    /// outlive it: netlink filters, fq), if it has one.
+    pub fn guard(&self) -> Option<Pid> {
+        let pid = self.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).next()
+    }
+
     /// Waits for a line on stderr containing `needle`; `None` after
     /// `timeout`, or as soon as the process closed its output without one.
     pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> Option<String> {

@@ -17,6 +17,9 @@ const RCVBUF: usize = 16 << 20;
 /// A receiver that got nothing for this long has got everything: between
 /// namespaces on one machine a datagram arrives in microseconds.
 const QUIET: Duration = Duration::from_millis(300);
+/// The longest a ping or its answer may take: far above any delay a test
+/// configures.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends are paced: a short pause after every `BURST` datagrams.
 const BURST: u32 = 50;
 const PAUSE: Duration = Duration::from_millis(1);
@@ -101,6 +104,27 @@ impl UdpFlow {
             }
         }
         Exchange { sent, received: self.receive(QUIET) }
+    }
+
+    /// Round-trip times of `n` pings, one at a time: a datagram to the
+    /// receiver, which sends it straight back from its socket. Panics if a
+    /// ping or its answer is lost (delay tests lose nothing).
+    pub fn ping(&self, n: u32) -> Vec<Duration> {
+        let back = self.reversed();
+        (0..n)
+            .map(|seq| {
+                let p = payload(seq);
+                let start = Instant::now();
+                self.send(&p);
+                let got = self.receive_one(PING_TIMEOUT).unwrap_or_else(|| panic!("ping {seq} was lost"));
+                back.send(&got);
+                let answer =
+                    back.receive_one(PING_TIMEOUT).unwrap_or_else(|| panic!("the answer to ping {seq} was lost"));
+                let rtt = start.elapsed();
+                assert_eq!(seq_of(&answer), seq, "answers came back out of order");
+                rtt
+            })
+            .collect()
     }
 
     pub fn send(&self, payload: &[u8]) {

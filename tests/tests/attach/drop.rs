@@ -141,14 +141,13 @@ fn seeded_runs_drop_the_same_datagrams() {
 
 /// The datagrams `decide` says a seeded 50% drop takes from the flow.
 fn predicted_losses(seed: u64, from: &Container, to: &Container) -> BTreeSet<u32> {
-    let key = FlowKey {
-        saddr: from.ip4.to_ipv6_mapped().octets(),
-        daddr: to.ip4.to_ipv6_mapped().octets(),
-        sport: SOURCE_PORT.to_be_bytes(),
-        dport: PORT.to_be_bytes(),
-        proto: PROTO_UDP,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(
+        from.ip4.to_ipv6_mapped().octets(),
+        to.ip4.to_ipv6_mapped().octets(),
+        SOURCE_PORT.to_be_bytes(),
+        PORT.to_be_bytes(),
+        PROTO_UDP,
+    );
     let flow = decide::flow_hash(&key);
     (0..SEEDED_N)
         .filter(|i| decide::fires(decide::seeded_draw(seed, flow, u64::from(*i), Action::Drop), 1 << 31))

@@ -130,11 +130,29 @@ fn sigkill_on_tcx_lets_traffic_through_at_once() {
 }
 
 #[test]
-fn sigkill_on_netlink_leaves_filters_that_the_next_run_removes() {
+fn sigkill_on_netlink_the_guard_removes_filters_and_clsact() {
     let lab = Lab::new("killnl", 2);
     let flow = UdpFlow::new(&lab.container(0), 0, &lab.container(1), PORT, false);
+    let tool = lab.attach(&drop_all("netlink"));
+    assert!(tool.guard().is_some(), "no guard process on the netlink path");
+    assert_ports_hooked(&lab, "netlink");
+    let out = tool.stop(Signal::SIGKILL);
+    // The guard has finished by the time the output ends: it shares stderr.
+    assert!(out.stderr_has("ended without detaching; removed its hooks from"), "the guard said nothing:\n{out}");
+    lab.assert_clean("after SIGKILL (netlink)", RECOVERY);
+    assert_eq!(flow.exchange(20).received(), 20, "traffic does not flow after SIGKILL");
+}
+
+#[test]
+fn killed_with_its_guard_a_run_leaves_filters_that_the_next_run_removes() {
+    let lab = Lab::new("killall", 2);
+    let flow = UdpFlow::new(&lab.container(0), 0, &lab.container(1), PORT, false);
     let run = drop_all("netlink");
-    lab.attach(&run).stop(Signal::SIGKILL);
+    let tool = lab.attach(&run);
+    let guard = tool.guard().expect("no guard process on the netlink path");
+    // As when a container's PID namespace ends: everything dies at once.
+    nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
+    tool.stop(Signal::SIGKILL);
 
     // The documented limitation: cls_bpf filters outlive their process, and
     // keep dropping.

@@ -9,7 +9,9 @@
 
 #![expect(clippy::useless_vec, reason = "args! builds owned argument lists (some kept, some only borrowed)")]
 
+mod burst;
 mod corrupt;
+mod delay;
 mod drop;
 mod lifecycle;
 mod reset;

@@ -359,15 +359,7 @@ fn check_counters(expect: Expect, before: &[Counters], after: &[Counters], runs:
     let delta = |slot: usize| -> Result<Counters> {
         let (b, a) = (before.get(slot), after.get(slot));
         let (Some(b), Some(a)) = (b, a) else { bail!("counter slot {slot} is missing") };
-        Ok(Counters {
-            seen: a.seen - b.seen,
-            matched: a.matched - b.matched,
-            passed: a.passed - b.passed,
-            dropped: a.dropped - b.dropped,
-            corrupted: a.corrupted - b.corrupted,
-            corrupted_payload: a.corrupted_payload - b.corrupted_payload,
-            reset: a.reset - b.reset,
-        })
+        Ok(a.since(b))
     };
     let (total, rule) = (delta(0)?, delta(1)?);
     let (ok, what) = match expect {

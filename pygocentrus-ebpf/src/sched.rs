@@ -1,0 +1,82 @@
+//! When a packet may leave: the rate limit, the delay and its jitter, and
+//! the order of its flow, written to `skb->tstamp` as an earliest departure
+//! time (EDT). The `fq` qdisc the loader puts on the port holds the packet
+//! until then; nothing is copied and no timer runs per packet.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use pygocentrus_common::{DIST_SCALE, DIST_UNIFORM, RULE_KEEP_ORDER, Rule};
+
+use crate::{maps, parse::Packet};
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+/// What scheduling did to one packet, for the counters.
+#[derive(Default)]
+pub struct Scheduled {
+    pub delayed: bool,
+    pub rate_limited: bool,
+}
+
+/// Sets the departure time of a packet at egress. `delay` is whether the
+/// rule's delay applies to this packet, `jitter` the draw that picks it
+/// from the distribution.
+#[inline(always)]
+pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, delay: bool, jitter: u32) -> Scheduled {
+    let mut out = Scheduled::default();
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut departure = now;
+    if rule.rate_bytes != 0
+        && let Some(state) = maps::rule_state(id)
+    {
+        if state.next_departure > departure {
+            departure = state.next_departure;
+            out.rate_limited = true;
+        }
+        state.next_departure =
+            departure + (u64::from(ctx.len()) * NSEC_PER_SEC).checked_div(rule.rate_bytes).unwrap_or(0);
+    }
+    if delay {
+        let d = pick_delay(rule, jitter);
+        if d != 0 {
+            departure += d;
+            out.delayed = true;
+        }
+    }
+    if rule.flags & RULE_KEEP_ORDER != 0 {
+        departure = maps::in_flow_order(&pkt.flow_key(), departure);
+    }
+    if departure > now {
+        // SAFETY: `skb` points to the context the kernel gave us; tstamp is
+        // writable from tc programs. A later time already set (a socket's
+        // own pacing) is kept.
+        unsafe {
+            let skb = ctx.skb.skb;
+            if (*skb).tstamp < departure {
+                (*skb).tstamp = departure;
+            }
+        }
+    }
+    out
+}
+
+/// netem's `tabledist`: the mean delay plus jitter drawn from the rule's
+/// distribution (uniform within ±jitter, or a table of standard normal,
+/// pareto or paretonormal quantiles scaled by jitter), never below zero.
+/// Only unsigned division (older kernels' BPF has no signed one), and only
+/// checked division: a panic path would not pass the verifier.
+#[inline(always)]
+fn pick_delay(rule: &Rule, draw: u32) -> u64 {
+    let mu = rule.delay_ns;
+    let sigma = rule.jitter_ns;
+    if sigma == 0 {
+        return mu;
+    }
+    if rule.distribution == DIST_UNIFORM {
+        let offset = u64::from(draw).checked_rem(2 * sigma).unwrap_or(0);
+        return (mu + offset).saturating_sub(sigma);
+    }
+    let t = maps::dist_value(rule.distribution, draw);
+    let scaled = (t.unsigned_abs() * sigma + DIST_SCALE as u64 / 2) / DIST_SCALE as u64;
+    if t < 0 { mu.saturating_sub(scaled) } else { mu + scaled }
+}

@@ -1,0 +1,280 @@
+//! The delay family: --delay, --jitter, --distribution, --keep-order and
+//! --rate stamp departure times that the `fq` qdisc enforces. Tests that
+//! need fq skip on a kernel without it (`cargo xtask vm-test` runs them
+//! under Debian's kernels, which have it).
+//!
+//! Tolerances. EDT never lets a packet leave before its departure time, so
+//! lower bounds are exact and strict: a ping under a 20 ms delay takes at
+//! least 20 ms, and one under 20 ± 10 ms at least 10 ms (a doubled jitter
+//! would break that). Upper bounds allow [`LATE`] on a median or a 95th
+//! percentile: the time between fq's timer and the packet reaching the
+//! receiving socket, plus the scheduling noise of the machine. On hardware
+//! that is tens of microseconds; under QEMU's TCG emulation (how CI runs
+//! these tests, several at once on a loaded host) we measured medians up to
+//! 5.6 ms late, hence 10 ms. They still catch a delay applied twice or in
+//! the wrong unit. How close the delay comes to what was asked is measured,
+//! beside netem, in the benchmark (BENCHMARKS.md).
+
+use std::{process::Command, time::Duration};
+
+use nix::sys::signal::Signal;
+use pygocentrus_tests::{Lab, UdpFlow, args, require_fq, seq_of};
+use serde_json::Value;
+
+use crate::{PORT, rule};
+
+/// How late a median (or 95th percentile) may be: see the module's comment.
+const LATE: Duration = Duration::from_millis(10);
+const MS: Duration = Duration::from_millis(1);
+
+fn median(samples: &[Duration]) -> Duration {
+    percentile(samples, 50)
+}
+
+fn percentile(samples: &[Duration], p: usize) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    s[(s.len() * p / 100).min(s.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[test]
+fn delay_20ms_adds_20ms_to_each_delayed_leg_of_the_round_trip() {
+    let (lab, client, server) = Lab::pair("delay");
+    require_fq!(lab);
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let base = median(&flow.ping(20));
+
+    // Only the way to the target: one delayed leg per round trip.
+    let tool = lab.attach(&rule("udp", None, args!["--direction", "to", "--delay", "20ms", "--json"]));
+    let one_way = flow.ping(50);
+    let out = tool.terminate();
+    let fastest = one_way.iter().min().copied().unwrap_or_default();
+    assert!(fastest >= 20 * MS, "a round trip took {:.2} ms under a 20 ms delay: fq let it out early", ms(fastest));
+    let added = median(&one_way).saturating_sub(base);
+    assert!(added <= 20 * MS + LATE, "median added delay {:.2} ms, expected 20 ms", ms(added));
+    assert_eq!(out.counter("delayed"), 50, "{out}");
+    assert_eq!(out.counter("delayed"), out.counter("matched"), "{out}");
+
+    // Both ways (the default): both legs wait.
+    let tool = lab.attach(&rule("udp", None, args!["--delay", "20ms", "--json"]));
+    let both = flow.ping(30);
+    tool.terminate();
+    let fastest = both.iter().min().copied().unwrap_or_default();
+    assert!(fastest >= 40 * MS, "a round trip took {:.2} ms with both legs delayed 20 ms", ms(fastest));
+    let added = median(&both).saturating_sub(base);
+    assert!(added <= 40 * MS + LATE, "median added delay {:.2} ms, expected 40 ms", ms(added));
+    lab.assert_clean("after the delayed runs", Duration::from_secs(2));
+}
+
+#[test]
+fn uniform_jitter_spreads_the_delay_over_its_whole_range() {
+    let (lab, client, server) = Lab::pair("jitter");
+    require_fq!(lab);
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let base = median(&flow.ping(20));
+    let tool = lab.attach(&rule("udp", None, args!["--direction", "to", "--delay", "20ms", "--jitter", "10ms"]));
+    let rtts = flow.ping(100);
+    tool.terminate();
+
+    let added: Vec<Duration> = rtts.iter().map(|r| r.saturating_sub(base)).collect();
+    let (lo, hi) = (rtts.iter().min().copied().unwrap_or_default(), percentile(&added, 95));
+    // Exact lower bound: 20 - 10 ms. Upper: 20 + 10 ms, plus lateness.
+    assert!(lo >= 10 * MS, "a round trip of {:.2} ms under 20±10 ms", ms(lo));
+    assert!(hi <= 30 * MS + LATE, "95th percentile of the added delay {:.2} ms under 20±10 ms", ms(hi));
+    // Uniform over [10, 30] ms: each sample falls in the lowest (or
+    // highest) fifth with probability 1/5, so 100 samples all missing one
+    // of them happens with probability 2·0.8^100 ≈ 4e-10.
+    let lowest = added.iter().filter(|d| **d < 14 * MS).count();
+    let highest = added.iter().filter(|d| **d > 26 * MS).count();
+    assert!(lowest > 0 && highest > 0, "jitter did not spread: {lowest} under 14 ms, {highest} over 26 ms");
+}
+
+#[test]
+fn normal_jitter_has_the_configured_mean_and_deviation() {
+    const N: u32 = 200;
+    let (lab, client, server) = Lab::pair("normal");
+    require_fq!(lab);
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let base = median(&flow.ping(20));
+    let tool = lab.attach(&rule(
+        "udp",
+        None,
+        args!["--direction", "to", "--delay", "20ms", "--jitter", "4ms", "--distribution", "normal"],
+    ));
+    let added: Vec<f64> = flow.ping(N).iter().map(|r| ms(r.saturating_sub(base))).collect();
+    tool.terminate();
+
+    let n = f64::from(N);
+    let mean = added.iter().sum::<f64>() / n;
+    let sd = (added.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    // Sampling error: the mean's standard error is 4/√200 ≈ 0.28 ms, the
+    // deviation's about 4/√400 = 0.2 ms; lateness only adds to both.
+    // Bounds: 5 standard errors below, the same plus lateness above.
+    assert!((18.6..=21.4 + ms(LATE)).contains(&mean), "mean added delay {mean:.2} ms, expected 20");
+    assert!((3.0..=5.0 + ms(LATE) / 2.0).contains(&sd), "deviation {sd:.2} ms, expected 4");
+}
+
+#[test]
+fn jitter_reorders_a_flow_and_keep_order_does_not() {
+    const N: u32 = 300;
+    let (lab, client, server) = Lab::pair("order");
+    require_fq!(lab);
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let inversions = |jittered: &[Vec<u8>]| jittered.windows(2).filter(|w| seq_of(&w[1]) < seq_of(&w[0])).count();
+    let jitter = args!["--delay", "10ms", "--jitter", "10ms", "--json"];
+
+    let tool = lab.attach(&rule("udp", None, jitter.clone()));
+    let x = flow.exchange(N);
+    tool.terminate();
+    assert_eq!(x.received(), N as usize, "datagrams were lost");
+    // Fifty datagrams leave within a fraction of a millisecond, each with
+    // its own delay between 0 and 20 ms: they cannot all keep their order.
+    assert!(inversions(&x.received) > 0, "jitter reordered nothing");
+
+    let mut ordered = jitter;
+    ordered.push("--keep-order".into());
+    let tool = lab.attach(&rule("udp", None, ordered));
+    let x = flow.exchange(N);
+    let out = tool.terminate();
+    assert_eq!(x.received(), N as usize, "datagrams were lost");
+    assert_eq!(inversions(&x.received), 0, "--keep-order let datagrams overtake each other");
+    assert_eq!(out.counter("delayed"), u64::from(N), "{out}");
+}
+
+#[test]
+fn rate_limits_iperf3_tcp_throughput_to_within_10_percent() {
+    const RATE_BPS: f64 = 5e6;
+    const IPERF_PORT: u16 = 5201;
+    let (lab, client, server) = Lab::pair("rate");
+    require_fq!(lab);
+    let server_ip = server.ip(false).to_string();
+    let tool = lab.attach(&args![
+        "--iface",
+        pygocentrus_tests::BRIDGE,
+        "--ip",
+        server_ip,
+        "--port",
+        IPERF_PORT,
+        "--rate",
+        "5mbit",
+        "--json"
+    ]);
+    let mut iperf_server = Command::new("ip")
+        .args(["netns", "exec", &server.ns, "iperf3", "--server", "--one-off", "--port", &IPERF_PORT.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting iperf3 (scripts/setup installs it): {e}"));
+    // The server listens within milliseconds; the client retries briefly.
+    let mut report = None;
+    for _ in 0..50 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client.ns, "iperf3", "--json", "--client", &server_ip])
+            .args(["--port", &IPERF_PORT.to_string(), "--time", "5", "--omit", "1"])
+            .output()
+            .unwrap_or_else(|e| panic!("running the iperf3 client: {e}"));
+        if out.status.success() {
+            report = Some(out.stdout);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = iperf_server.wait();
+    let out = tool.terminate();
+    let report: Value =
+        serde_json::from_slice(&report.expect("the iperf3 client never connected")).expect("iperf3 JSON");
+    let got = report["end"]["sum_received"]["bits_per_second"].as_f64().expect("received bits per second");
+
+    // The rate counts whole frames; iperf3 counts payload. A full segment
+    // carries 1448 payload bytes in a 1514-byte frame (timestamps on).
+    let expected = RATE_BPS * 1448.0 / 1514.0;
+    assert!(
+        (got - expected).abs() <= 0.1 * expected,
+        "iperf3 received {:.3} Mbit/s under --rate 5mbit, expected {:.3} ± 10%",
+        got / 1e6,
+        expected / 1e6
+    );
+    assert!(out.counter("rate_limited") > 0, "{out}");
+}
+
+#[test]
+fn fq_goes_in_for_the_run_and_the_original_root_qdisc_comes_back() {
+    let (lab, client, _) = Lab::pair("qdisc");
+    require_fq!(lab);
+    let show = |dev: &str| lab.tc(&["qdisc", "show", "dev", dev]);
+    let ports: Vec<String> = lab.port_hooks().into_iter().map(|(p, _)| p).collect();
+    let before: Vec<String> = ports.iter().map(|p| show(p)).collect();
+
+    let tool = lab.attach(&rule("udp", None, args!["--delay", "5ms"]));
+    for (port, hooks) in lab.port_hooks() {
+        assert!(hooks.fq, "{port} has no fq root qdisc while delaying: {}", show(&port));
+    }
+    tool.stop(Signal::SIGTERM).assert_exit(0);
+    let after: Vec<String> = ports.iter().map(|p| show(p)).collect();
+    assert_eq!(before, after, "the root qdiscs were not restored");
+
+    // An fq the user installed is used, and left in place.
+    lab.tc(&["qdisc", "replace", "dev", &client.port, "root", "handle", "8001:", "fq"]);
+    let mine = show(&client.port);
+    lab.attach(&rule("udp", None, args!["--delay", "5ms"])).terminate();
+    assert_eq!(show(&client.port), mine, "the user's fq was changed");
+    lab.tc(&["qdisc", "del", "dev", &client.port, "root"]);
+
+    // Another root qdisc of the user's is not replaced: refused, untouched.
+    lab.tc(&["qdisc", "replace", "dev", &client.port, "root", "handle", "8002:", "pfifo", "limit", "77"]);
+    let theirs = show(&client.port);
+    let out = lab.run(&rule("udp", None, args!["--delay", "5ms"]));
+    out.assert_exit(2);
+    assert_eq!(out.stderr.len(), 1, "not one line:\n{out}");
+    assert!(out.stderr[0].contains(&client.port) && out.stderr[0].contains("pfifo"), "{out}");
+    assert_eq!(show(&client.port), theirs, "the user's qdisc was changed");
+    lab.tc(&["qdisc", "del", "dev", &client.port, "root"]);
+    lab.assert_clean("after the refused run", Duration::ZERO);
+}
+
+#[test]
+fn fq_of_a_killed_run_is_removed_by_its_guard_or_else_by_the_next_run() {
+    let (lab, client, server) = Lab::pair("killfq");
+    require_fq!(lab);
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let delay = rule("udp", None, args!["--delay", "5ms"]);
+    // Killed alone: its guard takes fq (and any filter) off.
+    let out = lab.attach(&delay).stop(Signal::SIGKILL);
+    assert!(out.stderr_has("ended without detaching"), "the guard said nothing:\n{out}");
+    lab.assert_clean("after SIGKILL", Duration::from_secs(2));
+
+    // Killed with its guard: fq stays, and the next run removes it.
+    let tool = lab.attach(&delay);
+    let guard = tool.guard().expect("no guard process with fq installed");
+    nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
+    tool.stop(Signal::SIGKILL);
+    assert!(lab.port_hooks().iter().all(|(_, h)| h.fq), "fq went away by itself: {:#?}", lab.port_hooks());
+    let tool = lab.attach(&rule("udp", None, args!["--drop", 0.001]));
+    assert!(
+        tool.stderr().iter().any(|l| l.contains("removed hooks a killed earlier run left on")),
+        "{:#?}",
+        tool.stderr()
+    );
+    tool.terminate();
+    lab.assert_clean("after the run that cleaned up", Duration::ZERO);
+    assert_eq!(flow.exchange(20).received(), 20, "traffic does not flow after the clean-up");
+}
+
+#[test]
+fn without_fq_delay_and_rate_are_refused_in_one_line_and_nothing_is_attached() {
+    let lab = Lab::new("nofq", 2);
+    if lab.has_fq() {
+        eprintln!("skipped: this kernel has fq; the refusal is for kernels without it");
+        return;
+    }
+    for fault in [args!["--delay", "20ms"], args!["--rate", "1mbit"]] {
+        let out = lab.run(&rule("udp", None, fault));
+        out.assert_exit(2);
+        assert_eq!(out.stderr.len(), 1, "not one line:\n{out}");
+        assert!(out.stderr[0].contains("modprobe sch_fq"), "{out}");
+        lab.assert_clean("after the refusal", Duration::ZERO);
+    }
+}
