@@ -11,6 +11,7 @@
 
 mod corrupt;
 mod drop;
+mod endpoint;
 mod lifecycle;
 mod reset;
 mod usage;
