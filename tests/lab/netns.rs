@@ -144,6 +144,20 @@ impl PortHooks {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Whether these are exactly what pygocentrus puts on an interface with
+    /// `--hook HOOK`: its two TCX programs, or a clsact qdisc with its two
+    /// filters.
+    pub fn hooked_with(&self, hook: &str) -> bool {
+        use pygocentrus_common::{PROG_EGRESS, PROG_INGRESS};
+        match hook {
+            "tcx" => !self.clsact && self.tcx == [format!("ingress:{PROG_INGRESS}"), format!("egress:{PROG_EGRESS}")],
+            _ => {
+                let has = |name: &str| self.filters.iter().any(|f| f.contains(name));
+                self.clsact && has(PROG_INGRESS) && has(PROG_EGRESS) && self.tcx.is_empty()
+            }
+        }
+    }
 }
 
 /// A host namespace with a bridge, and containers on it. Dropping it

@@ -13,10 +13,8 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use pygocentrus_common::{PROG_EGRESS, PROG_INGRESS};
-use pygocentrus_tests::{
-    BRIDGE, Container, Lab, NetCounters, PortHooks, TOOL_TIMEOUT, UdpFlow, args, tcp_connect, tcp_listener,
-};
+use pygocentrus_common::PROG_INGRESS;
+use pygocentrus_tests::{BRIDGE, Container, Lab, NetCounters, TOOL_TIMEOUT, UdpFlow, args, tcp_connect, tcp_listener};
 
 use crate::{OTHER_PORT, PORT};
 
@@ -37,22 +35,11 @@ fn on(target: &Container, more: Vec<String>) -> Vec<String> {
     run
 }
 
-/// Whether `hooks` are what the tool puts on an interface with `hook`.
-fn hooked(hooks: &PortHooks, hook: &str) -> bool {
-    match hook {
-        "tcx" => !hooks.clsact && hooks.tcx == [format!("ingress:{PROG_INGRESS}"), format!("egress:{PROG_EGRESS}")],
-        _ => {
-            let has = |name: &str| hooks.filters.iter().any(|f| f.contains(name));
-            hooks.clsact && has(PROG_INGRESS) && has(PROG_EGRESS) && hooks.tcx.is_empty()
-        }
-    }
-}
-
 /// Panics unless the port of `target`, and no other interface, is hooked.
 fn assert_only_hooked(lab: &Lab, target: &Container, hook: &str) {
     for (port, hooks) in lab.port_hooks() {
         let expected = port == target.port;
-        assert_eq!(hooked(&hooks, hook), expected, "port {port} (target's: {}): {hooks:#?}", target.port);
+        assert_eq!(hooks.hooked_with(hook), expected, "port {port} (target's: {}): {hooks:#?}", target.port);
         if !expected {
             assert!(hooks.is_empty(), "port {port} carries hooks: {hooks:#?}");
         }
