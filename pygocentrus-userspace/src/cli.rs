@@ -134,6 +134,13 @@ pub struct AttachArgs {
     pub hook: HookMode,
 }
 
+impl AttachArgs {
+    /// `--netns` given as the PID of a process (rather than a path).
+    pub fn netns_pid(&self) -> Option<u32> {
+        self.netns.as_deref().and_then(|n| n.parse::<u32>().ok()).filter(|pid| *pid > 0)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// UDP datagrams sent in each phase (100 to 100000: percentages need a

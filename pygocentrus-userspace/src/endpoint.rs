@@ -109,9 +109,9 @@ impl Endpoint {
             let pid = c.pid.ok_or_else(|| refused(format!("{label} is not running")))?;
             (label, proc_netns(pid), Some((docker, c.id)), None)
         } else if let Some(value) = &args.netns {
-            match value.parse::<u32>() {
-                Ok(pid) if pid > 0 => (format!("netns of process {pid}"), proc_netns(pid), None, Some(pid)),
-                _ => (format!("netns {value}"), PathBuf::from(value), None, None),
+            match args.netns_pid() {
+                Some(pid) => (format!("netns of process {pid}"), proc_netns(pid), None, Some(pid)),
+                None => (format!("netns {value}"), PathBuf::from(value), None, None),
             }
         } else {
             return Ok(None);

@@ -77,10 +77,11 @@ pub struct RuleSpec {
 
 impl RuleSpec {
     pub fn from_attach(a: &AttachArgs) -> Result<Self, UsageError> {
-        let endpoint = match (&a.container, &a.netns) {
-            (Some(c), _) => Some(format!("container {c}")),
-            (None, Some(n)) => Some(format!("netns {n}")),
-            (None, None) => None,
+        let endpoint = match (&a.container, &a.netns, a.netns_pid()) {
+            (Some(c), _, _) => Some(format!("container {c}")),
+            (None, Some(_), Some(pid)) => Some(format!("netns of process {pid}")),
+            (None, Some(n), None) => Some(format!("netns {n}")),
+            (None, None, _) => None,
         };
         let spec = Self {
             ip: a.ip,
