@@ -4,7 +4,8 @@
 //! containers on the same bridge are spared. Then the lifecycle: hooks gone
 //! after SIGTERM, after SIGKILL on the netlink path (the next start cleans),
 //! a veth the namespace gains later is hooked, and the run ends by itself
-//! when the namespace goes away.
+//! when the namespace goes away (not merely the process `--netns PID`
+//! named).
 
 use std::{
     io::ErrorKind,
@@ -241,17 +242,30 @@ fn sigkill_on_netlink_leaves_filters_that_the_next_run_removes() {
 }
 
 #[test]
-fn a_pid_targets_the_namespace_of_that_process() {
+fn a_pid_targets_the_namespace_of_that_process_while_it_lives() {
     let (lab, target, peer, bystander) = trio("eppid");
-    let inside = Sleeper::start(&target);
+    let mut inside = Sleeper::start(&target);
+    let pid = inside.pid();
     let flow = UdpFlow::new(&peer, 0, &target, PORT, false);
     let spared = UdpFlow::new(&bystander, 0, &peer, PORT, false);
-    let tool = lab.attach(&args!["--netns", inside.pid(), "--proto", "udp", "--drop", 100]);
+    let tool = lab.attach(&args!["--netns", pid, "--proto", "udp", "--drop", 100]);
     assert_only_hooked(&lab, &target, pygocentrus_tests::auto_hook());
     let (hit, kept) = (flow.exchange(N), spared.exchange(N));
-    tool.terminate();
     assert_eq!(hit.received(), 0, "datagrams to the process's namespace arrived");
     assert_eq!(kept.received(), kept.sent(), "datagrams elsewhere were lost");
+
+    // The process ends, its namespace lives on (`ip netns` holds it): the
+    // target is the namespace, still hooked.
+    inside.stop();
+    assert_eq!(flow.exchange(N).received(), 0, "the namespace was let go when the process ended");
+    // The namespace goes too (the test's socket in it kept it alive as
+    // well): nothing is left to judge, the run ends.
+    drop(flow);
+    lab.delete_netns(&target);
+    let out = tool.wait(TOOL_TIMEOUT);
+    out.assert_exit(0);
+    assert!(out.stderr_has(&format!("process {pid} has exited")), "no word of the process:\n{out}");
+    lab.assert_clean("after the namespace went away", Duration::ZERO);
 }
 
 /// A `sleep` in the namespace of a container: a PID that leads there.
@@ -269,6 +283,11 @@ impl Sleeper {
 
     fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    fn stop(&mut self) {
+        self.0.kill().unwrap_or_else(|e| panic!("killing {}: {e}", self.0.id()));
+        self.0.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", self.0.id()));
     }
 }
 
