@@ -184,19 +184,22 @@ impl DockerContainer {
     }
 }
 
-/// An image, a network and containers on it, all removed on drop.
+/// An image, a network (or more) and containers on it, all removed on drop.
 pub struct Setup {
     pub image: String,
     pub network: String,
     /// The network's Linux bridge.
     pub bridge: String,
+    /// Networks added with [`Setup::add_network`].
+    more_networks: Vec<String>,
     containers: Vec<String>,
     _engine: Arc<Engine>,
 }
 
 impl Setup {
     /// An image and a bridge network of their own for the test `tag`
-    /// (letters only, at most 3 so that the bridge name fits in 15).
+    /// (letters only, at most 3, or 2 with [`Setup::add_network`], so that
+    /// bridge names fit in 15 characters).
     pub fn new(engine: Arc<Engine>, tag: &str) -> Self {
         assert!(tag.len() <= 3 && tag.chars().all(|c| c.is_ascii_lowercase()), "tag '{tag}'");
         let pid = std::process::id();
@@ -205,12 +208,22 @@ impl Setup {
             image: format!("{base}:latest"),
             network: format!("{base}-net"),
             bridge: format!("pygct{pid}{tag}"),
+            more_networks: Vec::new(),
             containers: Vec::new(),
             _engine: engine,
         };
         setup.build_image();
-        setup.create_network(pid);
+        create_network(&setup.network, &setup.bridge);
         setup
+    }
+
+    /// Another bridge network: returns its name and its bridge's.
+    pub fn add_network(&mut self, suffix: char) -> (String, String) {
+        let (network, bridge) = (format!("{}{suffix}", self.network), format!("{}{suffix}", self.bridge));
+        assert!(bridge.len() <= 15, "bridge name {bridge} is too long: use a shorter tag");
+        create_network(&network, &bridge);
+        self.more_networks.push(network.clone());
+        (network, bridge)
     }
 
     /// `docker import` of a root file system holding only a static busybox.
@@ -239,33 +252,6 @@ impl Setup {
         let _ = std::fs::remove_file(&tar);
     }
 
-    /// A network on a free /24 of 198.19.128.0/17 (other engineers' tests
-    /// may hold some of them on a shared engine).
-    fn create_network(&self, pid: u32) {
-        let bridge_opt = format!("com.docker.network.bridge.name={}", self.bridge);
-        for i in 0..128u32 {
-            let octet = 128 + (pid + i) % 128;
-            let subnet = format!("198.19.{octet}.0/24");
-            let out = docker_output(&[
-                "network",
-                "create",
-                "--driver",
-                "bridge",
-                "--subnet",
-                &subnet,
-                "-o",
-                &bridge_opt,
-                &self.network,
-            ]);
-            if out.status.success() {
-                return;
-            }
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("overlap"), "creating network {} on {subnet}: {err}", self.network);
-        }
-        panic!("no free /24 in 198.19.128.0/17 for {}", self.network);
-    }
-
     fn name(&self, role: &str) -> String {
         format!("{}-{role}", self.network.trim_end_matches("-net"))
     }
@@ -292,13 +278,37 @@ impl Setup {
 
     /// The Linux interfaces enslaved to the network's bridge.
     pub fn ports(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["-o", "link", "show", "master", &self.bridge]).output().expect("running ip");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-            .collect()
+        ports_of(&self.bridge)
     }
+}
+
+/// Creates bridge network `network` (Linux bridge `bridge`) on a free /24
+/// of 198.19.128.0/17 (other tests may hold some of them on a shared
+/// engine).
+fn create_network(network: &str, bridge: &str) {
+    let bridge_opt = format!("com.docker.network.bridge.name={bridge}");
+    for i in 0..128u32 {
+        let octet = 128 + (std::process::id() + i) % 128;
+        let subnet = format!("198.19.{octet}.0/24");
+        let args = ["network", "create", "--driver", "bridge", "--subnet", &subnet, "-o", &bridge_opt, network];
+        let out = docker_output(&args);
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("overlap"), "creating network {network} on {subnet}: {err}");
+    }
+    panic!("no free /24 in 198.19.128.0/17 for {network}");
+}
+
+/// The Linux interfaces enslaved to `bridge`.
+pub fn ports_of(bridge: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output().expect("running ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect()
 }
 
 impl Drop for Setup {
@@ -306,8 +316,10 @@ impl Drop for Setup {
         for c in &self.containers {
             let _ = docker_output(&["rm", "-f", c]);
         }
-        for args in [&["network", "rm", &self.network][..], &["rmi", "-f", &self.image]] {
-            let out = docker_output(args);
+        let networks = self.more_networks.iter().chain([&self.network]);
+        let removals = networks.map(|n| vec!["network", "rm", n]).chain([vec!["rmi", "-f", &self.image]]);
+        for args in removals {
+            let out = docker_output(&args);
             if !out.status.success() {
                 eprintln!("engine: `docker {}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
             }

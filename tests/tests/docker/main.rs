@@ -2,7 +2,8 @@
 //! containers on a user-defined bridge network of their own (on
 //! 198.19.128.0/17), the target restarted while the tool runs. Only the
 //! target's veth is hooked, before and after the restart, its traffic is
-//! dropped both ways and the others' is not; SIGTERM leaves nothing.
+//! dropped both ways and the others' is not; SIGTERM leaves nothing. A
+//! network the target is connected to while the tool runs is followed too.
 //!
 //! Needs root and Docker (`docker.io`); a `dockerd` that is not running is
 //! started. Skips, saying so, only where neither `docker` nor `dockerd`
@@ -17,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use engine::{DockerContainer, Engine, Setup, docker};
+use engine::{DockerContainer, Engine, Setup, docker, ports_of};
 use pygocentrus_tests::{TOOL_TIMEOUT, Tool, UdpFlow, args, hooks_in};
 
 const PORT: u16 = 5000;
@@ -126,6 +127,52 @@ fn a_container_is_followed_across_a_restart() {
 #[test]
 fn a_container_is_followed_across_a_restart_on_netlink() {
     followed_across_a_restart("rsn", "netlink");
+}
+
+#[test]
+fn network_connect_and_disconnect_are_followed() {
+    let Some(engine) = Engine::get() else { return };
+    let mut setup = Setup::new(engine, "nc");
+    let target = setup.run("target");
+    let (second, second_bridge) = setup.add_network('b');
+    let peer = DockerContainer { name: setup.container("peer", "run", &second) };
+    let tool = Tool::attach_here(&args!["--container", target.name, "--proto", "udp", "--drop", 100]);
+    let first_veth = target.host_veth();
+
+    docker(&["network", "connect", &second, &target.name]);
+    let said = tool.wait_stderr("hooked veth", Duration::from_secs(30));
+    assert!(said.is_some(), "the veth of the connected network was not hooked: {:#?}", tool.stderr());
+    let hook = pygocentrus_tests::auto_hook();
+    for port in ports_of(&second_bridge) {
+        // The target's new veth, and not the peer's.
+        let hooks = hooks_in(None, &port);
+        let targets = said.as_deref().is_some_and(|l| l.contains(&port));
+        assert_eq!(hooks.hooked_with(hook), targets, "{port} on {second_bridge}: {hooks:#?}");
+    }
+    // Over the second network (the peer's only one), both ways.
+    let address = |c: &DockerContainer| -> IpAddr {
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{second}\").IPAddress}}}}"),
+            &c.name,
+        ]);
+        ip.parse().unwrap_or_else(|e| panic!("the address of {} on {second}: '{ip}': {e}", c.name))
+    };
+    let (t, p) = (SocketAddr::new(address(&target), PORT), SocketAddr::new(address(&peer), PORT));
+    let to_target = UdpFlow::between(&peer.netns(), SocketAddr::new(p.ip(), 0), &target.netns(), t);
+    let from_target = UdpFlow::between(&target.netns(), SocketAddr::new(t.ip(), 0), &peer.netns(), p);
+    assert_eq!(to_target.exchange(N).received(), 0, "peer to target over {second}: datagrams arrived");
+    assert_eq!(from_target.exchange(N).received(), 0, "target to peer over {second}: datagrams arrived");
+
+    docker(&["network", "disconnect", &setup.network, &target.name]);
+    let said = format!("{first_veth} of container {} is gone", target.name);
+    assert!(tool.wait_stderr(&said, Duration::from_secs(30)).is_some(), "no '{said}' in {:#?}", tool.stderr());
+    let out = tool.terminate();
+    for port in ports_of(&second_bridge).iter().chain(&setup.ports()) {
+        let hooks = hooks_in(None, port);
+        assert!(hooks.is_empty(), "after SIGTERM, {port} carries hooks: {hooks:#?}\n{out}");
+    }
 }
 
 #[test]
