@@ -29,6 +29,7 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_RULE_STATE: &str = "RULE_STATE";
 pub const MAP_DIST: &str = "DIST";
 pub const MAP_ORDER: &str = "ORDER";
+pub const MAP_ENDPOINT: &str = "ENDPOINT";
 
 /// Rules are numbered `1..=MAX_RULES`; 0 means "no rule" in a [`TargetValue`].
 /// Counter slot 0 holds the totals of the program itself.
@@ -283,6 +284,14 @@ pub const CONFIG_BRIDGE: u32 = 1;
 /// Config flag: at least one rule has no port, so the kernel must look up
 /// port 0 as well.
 pub const CONFIG_PORTLESS: u32 = 2;
+/// Config flag: the program sits on the host ends of the veths of one
+/// endpoint (a container, a network namespace), so what enters the host at
+/// its ingress hook comes from the endpoint and what leaves by its egress
+/// hook goes to it; each packet passes one hook once. The single entry of
+/// the `ENDPOINT` array holds the rules whose target is the endpoint itself
+/// (sides by hook: egress is "to", ingress "from"), tried after the trie.
+/// Never set together with [`CONFIG_BRIDGE`].
+pub const CONFIG_ENDPOINT: u32 = 4;
 
 /// Global settings, in the single slot of the `CONFIG` array.
 #[repr(C)]

@@ -16,8 +16,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pygocentrus_common::{
-    Action, CONFIG_BRIDGE, CONFIG_PORTLESS, Config, Counters, MARK_DUPLICATE, PROB_NEVER, PROTO_TCP, RULE_GE, Rule,
-    SIDE_FROM, SIDE_TO, TargetValue, Threshold, decide,
+    Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_PORTLESS, Config, Counters, MARK_DUPLICATE, PROB_NEVER, PROTO_TCP,
+    RULE_GE, Rule, SIDE_FROM, SIDE_TO, TargetValue, Threshold, decide,
 };
 
 use crate::parse::Packet;
@@ -62,17 +62,20 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
     let cfg = maps::config().ok_or(())?;
     if hook == Hook::Ingress && cfg.flags & CONFIG_BRIDGE != 0 && !parse::to_mac(ctx, &cfg.bridge_mac)? {
         // On a bridge port, a packet that is not addressed to the bridge
-        // itself leaves by another port: its egress hook judges it.
+        // itself leaves by another port: its egress hook judges it. (On an
+        // endpoint's veths, CONFIG_BRIDGE is off: the other ports are not
+        // hooked, so the ingress hook judges everything the endpoint sends.)
         return Ok(PASS);
     }
     // Ports no rule names end here, before any address is copied or looked
     // up: the path most packets take.
-    let portless = cfg.flags & CONFIG_PORTLESS != 0;
-    let Some(pkt) = parse::packet(ctx, |sport, dport| portless || maps::port_named(sport) || maps::port_named(dport))?
+    // (Portless rules and the endpoint's own rule match any port.)
+    let any_port = cfg.flags & (CONFIG_PORTLESS | CONFIG_ENDPOINT) != 0;
+    let Some(pkt) = parse::packet(ctx, |sport, dport| any_port || maps::port_named(sport) || maps::port_named(dport))?
     else {
         return Ok(PASS);
     };
-    let Some((id, rule)) = find_rule(&pkt, cfg) else {
+    let Some((id, rule)) = find_rule(&pkt, cfg, hook) else {
         return Ok(PASS);
     };
     if copy {
@@ -90,9 +93,10 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
 
 /// Looks the packet's destination, then its source, up in the target trie
 /// and returns the rule for its protocol and direction. A port entry is
-/// tried before the portless entry of the same address.
+/// tried before the portless entry of the same address. On an endpoint's
+/// veths, the endpoint's own rules come last, the side given by the hook.
 #[inline(always)]
-fn find_rule(pkt: &Packet, cfg: &Config) -> Option<(u32, &'static Rule)> {
+fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Option<(u32, &'static Rule)> {
     let portless = cfg.flags & CONFIG_PORTLESS != 0;
     let mut seen = 0;
     for side in [SIDE_TO, SIDE_FROM] {
@@ -110,6 +114,14 @@ fn find_rule(pkt: &Packet, cfg: &Config) -> Option<(u32, &'static Rule)> {
             return Some(found);
         }
     }
+    if cfg.flags & CONFIG_ENDPOINT != 0
+        && let Some(entry) = maps::endpoint()
+    {
+        let side = if hook == Hook::Egress { SIDE_TO } else { SIDE_FROM };
+        if let Some(found) = pick(entry, TargetValue::index(side, pkt.class), &mut seen) {
+            return Some(found);
+        }
+    }
     if seen != 0 {
         maps::count(seen, |c| c.seen += 1);
     }
@@ -120,6 +132,8 @@ fn find_rule(pkt: &Packet, cfg: &Config) -> Option<(u32, &'static Rule)> {
 /// belongs to that rule's target but not to its protocol or direction).
 #[inline(always)]
 fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<(u32, &'static Rule)> {
+    // Checked: an index the compiler cannot bound would pull in a panic
+    // path the verifier refuses (the endpoint's side comes from the hook).
     let id = entry.rules.get(cell).copied().unwrap_or(0);
     if id == 0 {
         if *seen == 0 {

@@ -22,6 +22,11 @@ static RULES: Array<Rule> = Array::with_max_entries(RULE_SLOTS, 0);
 #[map(name = "PORTS")]
 static PORTS: Array<PortMark> = Array::with_max_entries(65_536, 0);
 
+/// The rules whose target is the endpoint the program is hooked on, with
+/// [`pygocentrus_common::CONFIG_ENDPOINT`].
+#[map(name = "ENDPOINT")]
+static ENDPOINT: Array<TargetValue> = Array::with_max_entries(1, 0);
+
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -59,6 +64,11 @@ pub fn target_with_port(addr: &[u8; 16], port: [u8; 2]) -> Option<&'static Targe
     }
     let key = Key::new(PORT_BITS + ADDR_BITS, TargetKey { port, addr: *addr });
     TARGETS.get(&key)
+}
+
+#[inline(always)]
+pub fn endpoint() -> Option<&'static TargetValue> {
+    ENDPOINT.get(0)
 }
 
 #[inline(always)]

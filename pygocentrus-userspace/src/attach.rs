@@ -1,20 +1,23 @@
 //! `pygocentrus attach`: plan → maps → hooks → counters, until a signal or
 //! the end of --duration, then everything is taken off again.
 //!
-//! [`Attachment`] is the plan at work on one interface; `demo` uses it too.
+//! [`Attachment`] is the plan at work on one interface, a bridge's ports or
+//! an endpoint's veths; `demo` uses it too.
 
 use std::{
     fmt,
     ops::ControlFlow,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
-use futures::StreamExt as _;
+use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
 use pygocentrus_common::Counters;
 
 use crate::{
     cli::AttachArgs,
+    docker::DockerEvent,
+    endpoint::{Endpoint, State},
     engine::Engine,
     guard::Guard,
     hooks::{self, Hooks, Method},
@@ -33,10 +36,20 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let mut signals = Signals::install()?;
 
     let nl = Netlink::open()?;
-    // Subscribe before listing ports, so that a port joining in between is
-    // not missed.
+    // Subscribe before listing ports or veths (and note the time Docker's
+    // events are replayed from), so that a change in between is not missed.
     let mut events = link_events()?;
-    let target = nl.link(&args.iface).await?.ok_or_else(|| UsageError::UnknownInterface(args.iface.clone()))?;
+    let since = SystemTime::now();
+    let (target, mut docker_events) = match Endpoint::resolve(&args, &nl).await? {
+        Some((endpoint, links)) => {
+            let docker_events = endpoint.docker_events(since);
+            (Target::Endpoint(endpoint, links), docker_events)
+        }
+        None => {
+            let name = args.iface.clone().unwrap_or_default();
+            (Target::Iface(nl.link(&name).await?.ok_or(UsageError::UnknownInterface(name))?), None)
+        }
+    };
     for name in hooks::clean_leftovers(&nl).await? {
         eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
     }
@@ -59,13 +72,18 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                         break;
                     }
                 }
+                Some(event) = next_event(&mut docker_events) => {
+                    if attachment.on_docker_event(event).await?.is_break() {
+                        break;
+                    }
+                }
             }
         }
         attachment.report(start.elapsed(), args.json, "summary")
     }
     .await;
 
-    let name = attachment.target.name.clone();
+    let name = attachment.name();
     attachment.detach().await;
     match &result {
         Ok(()) => eprintln!("detached from {name}: every hook removed"),
@@ -74,12 +92,43 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     result
 }
 
-/// A plan at work on one interface: the classifier loaded, its maps filled,
-/// hooked onto the interface or onto every port of the bridge.
+/// The next item of an optional stream; never, without one.
+async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What to hook.
+pub enum Target {
+    /// `--iface`: a device, or every port of a bridge.
+    Iface(Link),
+    /// `--container`, `--netns`: the host ends of the endpoint's veths, as
+    /// resolved.
+    Endpoint(Endpoint, Vec<Link>),
+}
+
+/// Where the hooks of an [`Attachment`] sit, and what it follows.
+enum Scope {
+    /// A bridge: all its ports. The classifier judges each packet at the
+    /// egress of the port it leaves by, or at the ingress of the sender's
+    /// port when it is addressed to the bridge itself.
+    Bridge { link: Link, mac: Option<[u8; 6]> },
+    /// Any other device: both of its hooks judge everything.
+    Device(Link),
+    /// An endpoint's veths: both hooks judge everything (the other ports of
+    /// its bridge are not hooked, so nothing is judged twice). `waiting`
+    /// is what was last said about a lull, so as not to say it again.
+    Endpoint { endpoint: Endpoint, waiting: Option<&'static str> },
+}
+
+/// A plan at work: the classifier loaded, its maps filled, hooked onto an
+/// interface, every port of a bridge, or the veths of an endpoint.
 ///
 /// Interfaces are those of the network namespace the calling thread is in
-/// when it starts, reacts to link events and detaches. Call [`detach`]: on
-/// the TCX path dropping is enough, but the netlink path leaves filters.
+/// when it starts, reacts to events and detaches. Call [`detach`]: on the
+/// TCX path dropping is enough, but the netlink path leaves filters.
 ///
 /// [`detach`]: Attachment::detach
 pub struct Attachment {
@@ -87,8 +136,7 @@ pub struct Attachment {
     engine: Engine,
     hooks: Hooks,
     nl: Netlink,
-    target: Link,
-    bridge_mac: Option<[u8; 6]>,
+    scope: Scope,
     /// Takes the hooks off if this process dies without detaching; dropped
     /// (and so ended) only after [`Attachment::detach`].
     _guard: Option<Guard>,
@@ -97,30 +145,37 @@ pub struct Attachment {
 impl Attachment {
     /// Loads the classifier with `plan` and hooks it onto `target`. On
     /// failure, whatever was hooked is taken off again.
-    pub async fn start(plan: Plan, nl: Netlink, target: Link, method: Method) -> Result<Self> {
+    pub async fn start(plan: Plan, nl: Netlink, target: Target, method: Method) -> Result<Self> {
         let contents = plan.map_contents()?;
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
+        let (scope, links) = match target {
+            Target::Iface(link) if link.is_bridge => {
+                engine.set_bridge(link.mac)?;
+                let ports = nl.ports_of(link.index).await?;
+                (Scope::Bridge { mac: link.mac, link }, ports)
+            }
+            Target::Iface(link) => (Scope::Device(link.clone()), vec![link]),
+            Target::Endpoint(endpoint, links) => (Scope::Endpoint { endpoint, waiting: None }, links),
+        };
         let hooks = Hooks::new(method, plan.fq_params());
         let guard = if hooks.leaves_state() { Some(Guard::spawn()?) } else { None };
-        let mut this = Self { plan, engine, hooks, nl, bridge_mac: target.mac, target, _guard: guard };
-        if let Err(e) = this.hook_target().await {
-            this.detach().await;
-            return Err(e);
+        let mut this = Self { plan, engine, hooks, nl, scope, _guard: guard };
+        for link in &links {
+            if let Err(e) = this.hooks.attach(&mut this.engine, &this.nl, link).await {
+                this.detach().await;
+                return Err(e);
+            }
         }
         Ok(this)
     }
 
-    async fn hook_target(&mut self) -> Result<()> {
-        if self.target.is_bridge {
-            self.engine.set_bridge(self.target.mac)?;
-            for port in self.nl.ports_of(self.target.index).await? {
-                self.hooks.attach(&mut self.engine, &self.nl, &port).await?;
-            }
-        } else {
-            self.hooks.attach(&mut self.engine, &self.nl, &self.target).await?;
+    /// The interface or endpoint, as messages name it.
+    pub fn name(&self) -> String {
+        match &self.scope {
+            Scope::Bridge { link, .. } | Scope::Device(link) => link.name.clone(),
+            Scope::Endpoint { endpoint, .. } => endpoint.to_string(),
         }
-        Ok(())
     }
 
     /// Counters summed over CPUs: slot 0 (totals), then one per rule.
@@ -139,36 +194,52 @@ impl Attachment {
         Ok(())
     }
 
-    /// Follows the target: hooks ports that join the bridge, unhooks ports
-    /// that leave or vanish. Breaks when the target itself is removed.
+    /// Follows the target: hooks ports that join the bridge and veths that
+    /// lead to the endpoint, unhooks those that leave or vanish. Breaks when
+    /// the target itself is removed.
     pub async fn on_link_event(&mut self, event: LinkEvent) -> Result<ControlFlow<()>> {
-        match event {
-            LinkEvent::Removed(index) if index == self.target.index => {
-                eprintln!("pygocentrus: {} was removed", self.target.name);
+        match (&self.scope, event) {
+            (Scope::Bridge { link, .. } | Scope::Device(link), LinkEvent::Removed(index)) if index == link.index => {
+                eprintln!("pygocentrus: {} was removed", link.name);
                 return Ok(ControlFlow::Break(()));
             }
-            LinkEvent::Removed(index) => {
+            (Scope::Endpoint { .. }, LinkEvent::Removed(index)) if self.hooks.contains(index) => {
+                let name = self.hooks.name(index).unwrap_or_default();
+                self.hooks.detach(&mut self.engine, &self.nl, index).await;
+                eprintln!("pygocentrus: {name} of {} is gone", self.name());
+                if self.hooks.is_empty() {
+                    return self.follow_endpoint().await;
+                }
+            }
+            (_, LinkEvent::Removed(index)) => {
                 if self.hooks.contains(index) {
                     self.hooks.detach(&mut self.engine, &self.nl, index).await;
                     eprintln!("pygocentrus: port {index} is gone");
                 }
             }
-            LinkEvent::Changed(link) if self.target.is_bridge => self.on_bridge_change(link).await?,
-            LinkEvent::Changed(_) => {}
+            (Scope::Bridge { .. }, LinkEvent::Changed(link)) => self.on_bridge_change(link).await?,
+            (Scope::Endpoint { .. }, LinkEvent::Changed(link))
+                if link.is_veth && link.peer_netnsid.is_some() && !self.hooks.contains(link.index) =>
+            {
+                // A veth leading to some namespace: perhaps the endpoint's.
+                return self.follow_endpoint().await;
+            }
+            (_, LinkEvent::Changed(_)) => {}
         }
         Ok(ControlFlow::Continue(()))
     }
 
     async fn on_bridge_change(&mut self, link: Link) -> Result<()> {
-        if link.index == self.target.index {
+        let Scope::Bridge { link: bridge, mac } = &mut self.scope else { return Ok(()) };
+        if link.index == bridge.index {
             // A bridge without a fixed address takes the lowest of its ports'.
-            if link.mac.is_some() && link.mac != self.bridge_mac {
-                self.bridge_mac = link.mac;
+            if link.mac.is_some() && link.mac != *mac {
+                *mac = link.mac;
                 self.engine.set_bridge(link.mac)?;
             }
             return Ok(());
         }
-        let member = link.controller == Some(self.target.index);
+        let member = link.controller == Some(bridge.index);
         if member && !self.hooks.contains(link.index) {
             match self.hooks.attach(&mut self.engine, &self.nl, &link).await {
                 Ok(()) => eprintln!("pygocentrus: hooked new port {}", link.name),
@@ -181,19 +252,97 @@ impl Attachment {
         Ok(())
     }
 
+    /// Follows a container through Docker's events: a start (also after a
+    /// restart) or a network change is looked at; a removal ends the run.
+    pub async fn on_docker_event(&mut self, event: DockerEvent) -> Result<ControlFlow<()>> {
+        match event {
+            DockerEvent::Destroyed => {
+                eprintln!("pygocentrus: {} was removed", self.name());
+                Ok(ControlFlow::Break(()))
+            }
+            DockerEvent::Lost(why) => {
+                eprintln!("pygocentrus: warning: Docker's event stream broke ({why}); trying again");
+                Ok(ControlFlow::Continue(()))
+            }
+            DockerEvent::Resumed => {
+                eprintln!("pygocentrus: Docker's event stream is back");
+                self.follow_endpoint().await
+            }
+            DockerEvent::Started | DockerEvent::Died | DockerEvent::Network => self.follow_endpoint().await,
+        }
+    }
+
+    /// Looks at the endpoint again and makes the hooks match: the host ends
+    /// of its veths now are hooked, others unhooked. Breaks when it is gone
+    /// and none of its veths is left.
+    async fn follow_endpoint(&mut self) -> Result<ControlFlow<()>> {
+        let Scope::Endpoint { endpoint, waiting } = &mut self.scope else { return Ok(ControlFlow::Continue(())) };
+        let links = match endpoint.state(&self.nl).await {
+            Ok(State::Up(links)) => links,
+            Ok(State::Down) => {
+                say_once(waiting, "is not running; waiting for it to start again", endpoint);
+                return Ok(ControlFlow::Continue(()));
+            }
+            // Gone, but a veth still hooked proves its namespace lives on.
+            Ok(State::Gone(_)) if !self.hooks.is_empty() => return Ok(ControlFlow::Continue(())),
+            Ok(State::Gone(why)) => {
+                eprintln!("pygocentrus: {why}: its veths are gone, nothing is left to judge");
+                return Ok(ControlFlow::Break(()));
+            }
+            Err(e) => {
+                eprintln!("pygocentrus: warning: looking at {endpoint}: {e:#}");
+                return Ok(ControlFlow::Continue(()));
+            }
+        };
+        let label = endpoint.to_string();
+        if links.is_empty() {
+            say_once(waiting, "has no veth leading here; waiting for one", endpoint);
+        } else {
+            *waiting = None;
+        }
+        let stale: Vec<u32> = self.hooks.indexes().filter(|i| !links.iter().any(|l| l.index == *i)).collect();
+        for index in stale {
+            let name = self.hooks.name(index).unwrap_or_default();
+            self.hooks.detach(&mut self.engine, &self.nl, index).await;
+            eprintln!("pygocentrus: {name} no longer leads to {label}; unhooked");
+        }
+        for link in &links {
+            if self.hooks.contains(link.index) {
+                continue;
+            }
+            match self.hooks.attach(&mut self.engine, &self.nl, link).await {
+                Ok(()) => eprintln!("pygocentrus: hooked {} of {label}", link.name),
+                Err(e) => eprintln!("pygocentrus: warning: could not hook {} of {label}: {e:#}", link.name),
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
     /// Takes every hook off. Problems are reported and do not stop it.
     pub async fn detach(mut self) {
         self.hooks.detach_all(&mut self.engine, &self.nl).await;
     }
 }
 
-/// `bridge br0 (2 ports) via tcx: udp to/from *:5000 drop 30%`
+/// Says `what` about `endpoint`, unless it was the last thing said.
+fn say_once(last: &mut Option<&'static str>, what: &'static str, endpoint: &Endpoint) {
+    if *last != Some(what) {
+        eprintln!("pygocentrus: {endpoint} {what}");
+        *last = Some(what);
+    }
+}
+
+/// `bridge br0 (2 ports) via tcx: udp to/from *:5000 drop 30%`,
+/// `container web (veth1a2b3c) via tcx: ip to/from container web drop 5%`
 impl fmt::Display for Attachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.target.is_bridge {
-            write!(f, "bridge {} ({} ports)", self.target.name, self.hooks.len())?;
-        } else {
-            f.write_str(&self.target.name)?;
+        match &self.scope {
+            Scope::Bridge { link, .. } => write!(f, "bridge {} ({} ports)", link.name, self.hooks.len())?,
+            Scope::Device(link) => f.write_str(&link.name)?,
+            Scope::Endpoint { endpoint, .. } => {
+                let names: Vec<String> = self.hooks.indexes().filter_map(|i| self.hooks.name(i)).collect();
+                write!(f, "{endpoint} ({})", names.join(", "))?;
+            }
         }
         write!(f, " via {}", self.hooks.method())?;
         for (i, rule) in self.plan.rules.iter().enumerate() {

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, str::FromStr, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::{
@@ -18,7 +18,8 @@ use crate::{
     about = "Inject production-like network faults into containers, at the packet level.",
     long_about = "Inject production-like network faults into containers, at the packet level.\n\n\
         An eBPF traffic-control classifier on the ports of a bridge (or on one \
-        interface) drops, corrupts or resets the packets to and from a target. \
+        interface, or on one container's veths) drops, corrupts or resets the \
+        packets to and from a target. \
         Nothing is proxied: clients keep dialing their real servers."
 )]
 pub struct Cli {
@@ -28,8 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach faults to an interface or to every port of a bridge, until
-    /// Ctrl-C, SIGTERM or --duration.
+    /// Attach faults to an interface, to every port of a bridge, or to one
+    /// container's veths, until Ctrl-C, SIGTERM or --duration.
     #[command(after_long_help = ATTACH_EXAMPLES)]
     Attach(Box<AttachArgs>),
     /// Run a self-contained demonstration in network namespaces: two hosts on
@@ -55,14 +56,34 @@ Examples:
   sudo pygocentrus attach --iface br0 --ip 198.18.0.2 --direction from --delay 100ms --jitter 20ms --distribution normal --rate 5mbit
 
   # the same 10% of UDP datagrams damaged on every run, counters as JSON lines
-  sudo pygocentrus attach --iface br0 --port 5353 --proto udp --corrupt 10 --seed 42 --json";
+  sudo pygocentrus attach --iface br0 --port 5353 --proto udp --corrupt 10 --seed 42 --json
+
+  # every packet to or from the container `db` vanishes, other containers on its network are spared
+  sudo pygocentrus attach --container db --drop 100
+
+  # resets on one container's port 6379, in a namespace made with `ip netns add`
+  sudo pygocentrus attach --netns /var/run/netns/redis --port 6379 --proto tcp --reset 100";
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("scope").required(true).args(["iface", "container", "netns"])))]
 pub struct AttachArgs {
     /// Interface to hook: a bridge (all its ports, including ones that join
     /// later) or any other device.
     #[arg(long, value_name = "IFACE")]
-    pub iface: String,
+    pub iface: Option<String>,
+
+    /// A Docker container (name or id): hook the host ends of its veths, so
+    /// that only its traffic, both ways, is judged. Followed across
+    /// restarts until it is removed. Without --ip and --port, the target is
+    /// the container itself: all its IP traffic.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+
+    /// A network namespace, as for --container: a path (/var/run/netns/NAME,
+    /// /proc/PID/ns/net) or the PID of a process inside it. Detaches when
+    /// the namespace is gone.
+    #[arg(long, value_name = "PATH|PID")]
+    pub netns: Option<String>,
 
     /// Target address, optionally a prefix: 198.18.0.2, 198.18.0.0/24, fd00::2.
     #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_ipnet)]
@@ -151,7 +172,8 @@ pub struct AttachArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Allow a rule with neither --ip nor --port (impairs all IP traffic).
+    /// Allow a rule with neither --ip nor --port on --iface (impairs all IP
+    /// traffic). Not needed with --container or --netns.
     #[arg(long)]
     pub all: bool,
 
@@ -159,6 +181,13 @@ pub struct AttachArgs {
     /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
     #[arg(long, value_enum, default_value_t = HookMode::Auto)]
     pub hook: HookMode,
+}
+
+impl AttachArgs {
+    /// `--netns` given as the PID of a process (rather than a path).
+    pub fn netns_pid(&self) -> Option<u32> {
+        self.netns.as_deref().and_then(|n| n.parse::<u32>().ok()).filter(|pid| *pid > 0)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -237,11 +266,19 @@ mod tests {
     #[test]
     fn the_one_line_promise_parses() {
         let a = parse(&["--iface", "br-xxx", "--port", "50051", "--drop", "5"]).unwrap();
-        assert_eq!(a.iface, "br-xxx");
+        assert_eq!(a.iface.as_deref(), Some("br-xxx"));
         assert_eq!(a.port, Some(50051));
         assert_eq!(a.drop.unwrap().value(), 5.0);
         assert_eq!(a.proto, Proto::Any);
         assert_eq!(a.direction, Direction::Both);
+    }
+
+    #[test]
+    fn a_container_or_a_namespace_instead_of_an_interface() {
+        let a = parse(&["--container", "web", "--drop", "5"]).unwrap();
+        assert_eq!((a.iface, a.container.as_deref(), a.netns), (None, Some("web"), None));
+        let a = parse(&["--netns", "/var/run/netns/x", "--port", "80", "--drop", "5"]).unwrap();
+        assert_eq!(a.netns.as_deref(), Some("/var/run/netns/x"));
     }
 
     #[test]
@@ -263,6 +300,8 @@ mod tests {
             &["--iface", "x", "--port", "1", "--drop", "1", "--duration", "10"],
             &["--iface", "x", "--port", "1", "--drop", "1", "--proto", "sctp"],
             &["--port", "1", "--drop", "1"],
+            &["--iface", "x", "--container", "web", "--port", "1", "--drop", "1"],
+            &["--container", "web", "--netns", "1", "--drop", "1"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -20,7 +20,7 @@ use self::{
     traffic::{EchoServer, TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp, wait_reachable},
 };
 use crate::{
-    attach::Attachment,
+    attach::{Attachment, Target},
     cli::{AttachArgs, Cli, Command, DemoArgs, HookMode},
     hooks::Method,
     netlink::Netlink,
@@ -296,7 +296,7 @@ impl Demo<'_> {
         let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
         let nl = Netlink::open()?;
         let bridge = nl.existing_link(BRIDGE).await?;
-        let attachment = Attachment::start(plan, nl, bridge, Method::resolve(args.hook)?).await?;
+        let attachment = Attachment::start(plan, nl, Target::Iface(bridge), Method::resolve(args.hook)?).await?;
         println!("      attached to {attachment}");
         let result = self.unless_stopped(traffic).await;
         let counters = attachment.counters();

@@ -6,8 +6,8 @@ use aya::{
     programs::SchedClassifier,
 };
 use pygocentrus_common::{
-    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_PORTS, MAP_RULES, MAP_TARGETS,
-    PROG_EGRESS, PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
+    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_ENDPOINT, MAP_PORTS, MAP_RULES,
+    MAP_TARGETS, PROG_EGRESS, PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
@@ -90,8 +90,8 @@ impl Engine {
             .map_err(|e| EngineError::Program(name, e))
     }
 
-    /// Writes rules, targets and ports. Call before attaching (the maps
-    /// start empty, so nothing matches until then).
+    /// Writes rules, targets, ports and the endpoint's rules. Call before
+    /// attaching (the maps start empty, so nothing matches until then).
     pub fn install(&mut self, m: &MapContents) -> Result<(), EngineError> {
         {
             let mut rules: Array<_, Rule> =
@@ -113,6 +113,11 @@ impl Engine {
             for (prefix, key, value) in &m.targets {
                 targets.insert(&Key::new(*prefix, *key), value, 0).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
             }
+        }
+        if let Some(value) = &m.endpoint {
+            let mut endpoint: Array<_, TargetValue> =
+                Array::try_from(self.map_mut(MAP_ENDPOINT)?).map_err(|e| EngineError::Map(MAP_ENDPOINT, e))?;
+            endpoint.set(0, value, 0).map_err(|e| EngineError::Map(MAP_ENDPOINT, e))?;
         }
         self.rules = m.rules.len() as u32;
         self.config.flags = (self.config.flags & CONFIG_BRIDGE) | m.flags;

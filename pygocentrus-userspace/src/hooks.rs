@@ -107,6 +107,16 @@ impl Hooks {
         self.ports.contains_key(&index)
     }
 
+    /// The indexes of the hooked interfaces.
+    pub fn indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ports.keys().copied()
+    }
+
+    /// The name a hooked interface had when it was hooked.
+    pub fn name(&self, index: u32) -> Option<String> {
+        self.ports.get(&index).map(|p| p.name.clone())
+    }
+
     /// Hooks both directions of `link`. On failure, whatever was done for
     /// this link is undone before the error is returned.
     pub async fn attach(&mut self, engine: &mut Engine, nl: &Netlink, link: &Link) -> Result<()> {

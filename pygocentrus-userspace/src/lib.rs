@@ -5,12 +5,15 @@
 //! entries) → `engine` (the loaded object, the only code touching maps) →
 //! `hooks` (TCX links or clsact filters on interfaces) → the kernel program
 //! → `stats` (counters as the user sees them). `attach` runs the whole path;
-//! `demo` builds a lab in network namespaces and runs it there.
+//! `endpoint` (with `docker`) finds the veths of `--container` and
+//! `--netns`; `demo` builds a lab in network namespaces and runs it there.
 
 pub mod attach;
 pub mod cli;
 pub mod demo;
 pub mod dist;
+pub mod docker;
+pub mod endpoint;
 pub mod engine;
 pub mod guard;
 pub mod hooks;

@@ -15,6 +15,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
+        nsid::{NsidAttribute, NsidMessage},
         tc::{TcAttribute, TcHandle, TcMessage, TcOption},
     },
 };
@@ -28,6 +29,8 @@ pub enum NetlinkError {
     Request(#[from] rtnetlink::Error),
     #[error("interface {0} not found")]
     NoSuchLink(String),
+    #[error("netlink: {0}")]
+    Reply(&'static str),
 }
 
 impl NetlinkError {
@@ -67,19 +70,38 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// The bridge (or bond) this interface is enslaved to.
     pub controller: Option<u32>,
+    pub is_veth: bool,
+    /// For an interface tied to another network namespace (a veth whose
+    /// peer lives there): that namespace, by the id this namespace gives it
+    /// (`IFLA_LINK_NETNSID`, `link-netnsid` in `ip link`).
+    pub peer_netnsid: Option<i32>,
 }
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Self {
-        let mut link =
-            Link { index: msg.header.index, name: String::new(), is_bridge: false, mac: None, controller: None };
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            is_bridge: false,
+            mac: None,
+            controller: None,
+            is_veth: false,
+            peer_netnsid: None,
+        };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name.clone_from(n),
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
                 LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
-                    link.is_bridge |= infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(InfoKind::Bridge) => link.is_bridge = true,
+                            LinkInfo::Kind(InfoKind::Veth) => link.is_veth = true,
+                            _ => {}
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -124,6 +146,34 @@ impl Netlink {
 
     pub async fn ports_of(&self, bridge: u32) -> Result<Vec<Link>, NetlinkError> {
         Ok(self.links().await?.into_iter().filter(|l| l.controller == Some(bridge)).collect())
+    }
+
+    /// The id this namespace gives the network namespace `netns` refers to
+    /// (`ip netns identify`'s question, by descriptor), or `None` if it has
+    /// none. The kernel numbers a namespace here as soon as a link of this
+    /// namespace that leads there is listed, so list links first.
+    pub async fn nsid_of(&self, netns: impl AsFd) -> Result<Option<i32>, NetlinkError> {
+        let fd = u32::try_from(netns.as_fd().as_raw_fd()).map_err(|_| NetlinkError::Reply("a negative descriptor"))?;
+        let mut msg = NsidMessage::default();
+        msg.attributes.push(NsidAttribute::Fd(fd));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut replies = self.handle.clone().request(req)?;
+        while let Some(reply) = replies.next().await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    let id = m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) => Some(*id),
+                        _ => None,
+                    });
+                    // -1: NETNSA_NSID_NOT_ASSIGNED.
+                    return Ok(id.filter(|id| *id >= 0));
+                }
+                NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e).into()),
+                _ => {}
+            }
+        }
+        Err(NetlinkError::Reply("no answer to RTM_GETNSID"))
     }
 
     /// The kinds of the qdiscs on `index` (e.g. `noqueue`, `clsact`, `fq`).

@@ -5,9 +5,9 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 use pygocentrus_common::{
-    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL,
-    DIST_UNIFORM, GeModel, MAX_RULES, PORT_BITS, PROB_ALWAYS, RULE_GE, RULE_KEEP_ORDER, RULE_SEEDED, Rule, SIDE_FROM,
-    SIDE_TO, TargetKey, TargetValue,
+    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_ENDPOINT, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO,
+    DIST_PARETONORMAL, DIST_UNIFORM, GeModel, MAX_RULES, PORT_BITS, PROB_ALWAYS, RULE_GE, RULE_KEEP_ORDER, RULE_SEEDED,
+    Rule, SIDE_FROM, SIDE_TO, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
@@ -34,8 +34,18 @@ pub enum UsageError {
     Qdisc(String),
     #[error("refusing to impair all traffic: give --ip and/or --port, or --all to mean it")]
     NoTarget,
+    /// `--container` or `--netns` cannot be resolved: no such container or
+    /// namespace, not running, Docker unreachable, nothing to hook.
+    #[error("{0}")]
+    Endpoint(String),
     #[error("--reset needs TCP, but --proto is udp")]
     ResetNeedsTcp,
+    /// Departure times are kept only where a packet leaves by a hooked
+    /// port: on a container's veth, that is what the container receives.
+    #[error(
+        "with --container or --netns, --delay and --rate apply to what the container receives: use --direction to or both"
+    )]
+    ScheduleOnlyInbound,
     #[error(
         "--corrupt-payload needs TCP or UDP, and --proto any without --port also matches ICMP: add --proto or --port"
     )]
@@ -163,6 +173,10 @@ impl Faults {
 pub struct RuleSpec {
     pub ip: Option<IpNet>,
     pub port: Option<u16>,
+    /// With `--container` or `--netns`: the endpoint whose veths carry the
+    /// hooks (`container web`). With neither `ip` nor `port` the target is
+    /// that endpoint itself: every packet it sends or receives.
+    pub endpoint: Option<String>,
     pub proto: Proto,
     pub direction: Direction,
     pub faults: Faults,
@@ -171,9 +185,16 @@ pub struct RuleSpec {
 
 impl RuleSpec {
     pub fn from_attach(a: &AttachArgs) -> Result<Self, UsageError> {
+        let endpoint = match (&a.container, &a.netns, a.netns_pid()) {
+            (Some(c), _, _) => Some(format!("container {c}")),
+            (None, Some(_), Some(pid)) => Some(format!("netns of process {pid}")),
+            (None, Some(n), None) => Some(format!("netns {n}")),
+            (None, None, _) => None,
+        };
         let spec = Self {
             ip: a.ip,
             port: a.port,
+            endpoint,
             proto: a.proto,
             direction: a.direction,
             faults: Faults {
@@ -196,16 +217,26 @@ impl RuleSpec {
         if !self.faults.any() {
             return Err(UsageError::NoFault);
         }
-        if self.ip.is_none() && self.port.is_none() && !all {
+        if self.ip.is_none() && self.port.is_none() && !all && self.endpoint.is_none() {
             return Err(UsageError::NoTarget);
         }
         if on(self.faults.reset) && self.proto == Proto::Udp {
             return Err(UsageError::ResetNeedsTcp);
         }
+        if self.endpoint.is_some() && self.faults.schedules() && self.direction == Direction::From {
+            return Err(UsageError::ScheduleOnlyInbound);
+        }
         if on(self.faults.corrupt_payload) && self.proto == Proto::Any && self.port.is_none() {
             return Err(UsageError::PayloadNeedsL4);
         }
         Ok(())
+    }
+
+    /// Whether the target is the endpoint itself (`--container` or
+    /// `--netns` without `--ip` and `--port`): its rule lives in the
+    /// `ENDPOINT` array, not in the trie.
+    pub fn targets_endpoint(&self) -> bool {
+        self.endpoint.is_some() && self.ip.is_none() && self.port.is_none()
     }
 
     /// The kernel's view of the faults.
@@ -283,7 +314,7 @@ fn delay_of(a: &AttachArgs) -> Result<Option<Delay>, UsageError> {
 }
 
 impl RuleSpec {
-    /// The target alone: `udp to/from 198.18.0.3:5000`.
+    /// The target alone: `udp to/from 198.18.0.3:5000`, `ip to container web`.
     fn target(&self) -> String {
         let proto = match self.proto {
             Proto::Tcp => "tcp",
@@ -305,6 +336,9 @@ impl RuleSpec {
                 n.to_string()
             }
         });
+        if let Some(endpoint) = self.endpoint.as_ref().filter(|_| self.targets_endpoint()) {
+            return format!("{proto} {dir} {endpoint}");
+        }
         let port = self.port.map_or("*".to_owned(), |p| p.to_string());
         format!("{proto} {dir} {host}:{port}")
     }
@@ -365,6 +399,8 @@ pub struct MapContents {
     pub rules: Vec<(u32, Rule)>,
     /// Host-order ports some rule names.
     pub ports: Vec<u16>,
+    /// The rules whose target is the endpoint itself (`ENDPOINT` array).
+    pub endpoint: Option<TargetValue>,
     /// `CONFIG_*` flags that follow from the rules.
     pub flags: u32,
 }
@@ -403,16 +439,21 @@ impl Plan {
         let mut out = MapContents::default();
         // (prefix, key) → (value, which rule filled each cell)
         let mut entries: BTreeMap<EntryKey, (TargetValue, [usize; 6])> = BTreeMap::new();
+        let mut endpoint: Option<(TargetValue, [usize; 6])> = None;
         for (i, spec) in self.rules.iter().enumerate() {
             let id = i as u32 + 1;
             out.rules.push((id, spec.rule()));
-            match spec.port {
-                Some(p) => out.ports.push(p),
-                None => out.flags |= CONFIG_PORTLESS,
-            }
-            let (prefix, key) = spec.key();
-            let (value, owners) =
-                entries.entry((prefix, key.port, key.addr)).or_insert((TargetValue::default(), [0; 6]));
+            let (value, owners) = if spec.targets_endpoint() {
+                out.flags |= CONFIG_ENDPOINT;
+                endpoint.get_or_insert((TargetValue::default(), [0; 6]))
+            } else {
+                match spec.port {
+                    Some(p) => out.ports.push(p),
+                    None => out.flags |= CONFIG_PORTLESS,
+                }
+                let (prefix, key) = spec.key();
+                entries.entry((prefix, key.port, key.addr)).or_insert((TargetValue::default(), [0; 6]))
+            };
             for cell in spec.cells() {
                 if value.rules[cell] != 0 {
                     return Err(UsageError::Overlap(owners[cell], i + 1, spec.target()));
@@ -421,6 +462,7 @@ impl Plan {
                 owners[cell] = i + 1;
             }
         }
+        out.endpoint = endpoint.map(|(value, _)| value);
         out.ports.sort_unstable();
         out.ports.dedup();
         // The trie returns only the longest match: let a more specific entry
@@ -543,6 +585,48 @@ mod tests {
             ],
         };
         assert!(matches!(plan.map_contents(), Err(UsageError::Overlap(1, 2, _))));
+    }
+
+    fn endpoint_spec(args: &str) -> Result<RuleSpec, UsageError> {
+        let mut v = vec!["pygocentrus", "attach", "--netns", "/var/run/netns/a"];
+        v.extend(args.split_whitespace());
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Attach(a) => RuleSpec::from_attach(&a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn an_endpoint_without_ip_or_port_is_the_target() {
+        let spec = endpoint_spec("--direction to --drop 5").unwrap();
+        assert!(spec.targets_endpoint());
+        assert_eq!(spec.to_string(), "ip to netns /var/run/netns/a drop 5%");
+        let m = Plan { rules: vec![spec] }.map_contents().unwrap();
+        assert_eq!(m.flags, CONFIG_ENDPOINT);
+        assert!(m.targets.is_empty() && m.ports.is_empty());
+        // To the endpoint, every protocol; nothing from it.
+        assert_eq!(m.endpoint.unwrap().rules, [1, 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn on_an_endpoint_ip_and_port_keep_their_meaning() {
+        let spec = endpoint_spec("--port 5000 --proto udp --drop 5").unwrap();
+        assert!(!spec.targets_endpoint());
+        assert_eq!(spec.to_string(), "udp to/from *:5000 drop 5%");
+        let m = Plan { rules: vec![spec] }.map_contents().unwrap();
+        assert_eq!((m.flags, m.endpoint, m.ports), (0, None, vec![5000]));
+        let m = Plan { rules: vec![endpoint_spec("--ip 198.18.0.9 --drop 5").unwrap()] }.map_contents().unwrap();
+        assert_eq!((m.flags, m.endpoint), (CONFIG_PORTLESS, None));
+    }
+
+    #[test]
+    fn endpoint_validation() {
+        // No --all needed: the endpoint is the target.
+        assert!(endpoint_spec("--drop 5").is_ok());
+        assert_eq!(endpoint_spec("--port 1"), Err(UsageError::NoFault));
+        assert_eq!(endpoint_spec("--corrupt-payload 5"), Err(UsageError::PayloadNeedsL4));
+        assert!(endpoint_spec("--proto udp --corrupt-payload 5").is_ok());
+        assert_eq!(endpoint_spec("--proto udp --reset 5"), Err(UsageError::ResetNeedsTcp));
     }
 
     #[test]

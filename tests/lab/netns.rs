@@ -24,13 +24,20 @@ pub const BRIDGE: &str = "br0";
 /// Labs made by this process so far: part of every namespace name.
 static LABS: AtomicU32 = AtomicU32::new(0);
 
-/// Runs `f` on a new thread that has joined network namespace `ns`, and
-/// returns its result (a panic in `f` is the caller's panic).
+/// The file of namespace `ns`: a name under `/var/run/netns`, or a path
+/// (`/proc/PID/ns/net`) as it is.
+pub fn netns_path(ns: &str) -> String {
+    if ns.starts_with('/') { ns.to_owned() } else { format!("/var/run/netns/{ns}") }
+}
+
+/// Runs `f` on a new thread that has joined network namespace `ns` (a name
+/// or a path, see [`netns_path`]), and returns its result (a panic in `f`
+/// is the caller's panic).
 ///
 /// Sockets keep the namespace they were created in, so a socket made here
 /// can be used from any thread afterwards.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/var/run/netns/{ns}");
+    let path = netns_path(ns);
     std::thread::scope(|s| {
         s.spawn(|| {
             let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
@@ -115,6 +122,11 @@ impl Container {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         in_netns(&self.ns, f)
     }
+
+    /// Its namespace file, as `--netns` takes it.
+    pub fn netns_path(&self) -> String {
+        netns_path(&self.ns)
+    }
 }
 
 /// What pygocentrus (or anyone) hooked onto one interface.
@@ -133,6 +145,20 @@ pub struct PortHooks {
 impl PortHooks {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// Whether these are exactly what pygocentrus puts on an interface with
+    /// `--hook HOOK`: its two TCX programs, or a clsact qdisc with its two
+    /// filters.
+    pub fn hooked_with(&self, hook: &str) -> bool {
+        use pygocentrus_common::{PROG_EGRESS, PROG_INGRESS};
+        match hook {
+            "tcx" => !self.clsact && self.tcx == [format!("ingress:{PROG_INGRESS}"), format!("egress:{PROG_EGRESS}")],
+            _ => {
+                let has = |name: &str| self.filters.iter().any(|f| f.contains(name));
+                self.clsact && has(PROG_INGRESS) && has(PROG_EGRESS) && self.tcx.is_empty()
+            }
+        }
     }
 }
 
@@ -185,6 +211,11 @@ impl Lab {
         &self.host
     }
 
+    /// The host namespace's file.
+    pub fn host_netns_path(&self) -> String {
+        netns_path(&self.host)
+    }
+
     /// Container `i`, counting from 0.
     pub fn container(&self, i: usize) -> Container {
         self.lock_containers()[i].clone()
@@ -224,23 +255,47 @@ impl Lab {
             mac: format!("02:00:00:00:00:{octet:02x}"),
         };
         self.add_netns(&c.ns);
+        self.ip(&c.ns, &["link", "set", "lo", "up"]);
+        self.plug(&c, &containers);
+        containers.push(c.clone());
+        c
+    }
+
+    /// Connects `c` to the bridge: a veth pair, `eth0` inside with its
+    /// addresses, the other end a port of the bridge.
+    fn plug(&self, c: &Container, others: &[Container]) {
         let (ns, port) = (c.ns.as_str(), c.port.as_str());
         self.ip(
             &self.host,
             &["link", "add", port, "type", "veth", "peer", "name", "eth0", "address", &c.mac, "netns", ns],
         );
-        self.ip(ns, &["link", "set", "lo", "up"]);
         self.ip(ns, &["addr", "add", &format!("{}/24", c.ip4), "dev", "eth0"]);
         self.ip(ns, &["addr", "add", &format!("{}/64", c.ip6), "dev", "eth0", "nodad"]);
         self.ip(ns, &["link", "set", "eth0", "up"]);
-        for other in containers.iter() {
-            self.neighbour(&c, other);
-            self.neighbour(other, &c);
+        for other in others.iter().filter(|o| o.ns != c.ns) {
+            self.neighbour(c, other);
+            self.neighbour(other, c);
         }
         self.ip(&self.host, &["link", "set", port, "master", BRIDGE, "up"]);
         run("bridge", &["-n", &self.host, "fdb", "replace", &c.mac, "dev", port, "master", "static"]);
-        containers.push(c.clone());
-        c
+    }
+
+    /// Gives `c` a new veth pair, as a container runtime does when it
+    /// reconnects a container: the old pair is deleted, a new one (same
+    /// names and addresses, a new host-side index) takes its place.
+    pub fn replug(&self, c: &Container) {
+        let containers = self.lock_containers();
+        self.ip(&self.host, &["link", "del", &c.port]);
+        self.plug(c, &containers);
+    }
+
+    /// Deletes the namespace of `c`, and with it its veth pair, as when a
+    /// container goes away for good. It is no longer one of the lab's
+    /// containers: the ones after it move up in [`Lab::container`].
+    pub fn delete_netns(&self, c: &Container) {
+        run("ip", &["netns", "del", &c.ns]);
+        self.lock_containers().retain(|o| o.ns != c.ns);
+        self.namespaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|ns| *ns != c.ns);
     }
 
     /// Gives the bridge itself an address, 198.18.0.1/24, as Docker gives
@@ -291,33 +346,7 @@ impl Lab {
 
     /// The hooks on interface `dev` of the host namespace.
     pub fn hooks(&self, dev: &str) -> PortHooks {
-        let tc = |args: &[&str]| {
-            let mut all = vec!["-n", self.host.as_str()];
-            all.extend_from_slice(args);
-            run("tc", &all)
-        };
-        let qdiscs = tc(&["qdisc", "show", "dev", dev]);
-        let clsact = qdiscs.lines().any(|l| l.contains("clsact"));
-        let fq = qdiscs.lines().any(|l| l.starts_with("qdisc fq ") && l.contains(" root "));
-        let filters = ["ingress", "egress"]
-            .iter()
-            .flat_map(|hook| tc(&["filter", "show", "dev", dev, hook]).lines().map(str::to_owned).collect::<Vec<_>>())
-            .collect();
-        let tcx = in_netns(&self.host, || {
-            [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")]
-                .into_iter()
-                .flat_map(|(attach, hook)| {
-                    let progs = match SchedClassifier::query_tcx(dev, attach) {
-                        Ok((_, progs)) => progs,
-                        // Nothing can be on a hook the kernel does not have.
-                        Err(_) if !crate::kernel_has_tcx() => Vec::new(),
-                        Err(e) => panic!("querying TCX {hook} programs of {dev}: {e}"),
-                    };
-                    progs.iter().map(|p| format!("{hook}:{}", p.name_as_str().unwrap_or("?"))).collect::<Vec<_>>()
-                })
-                .collect()
-        });
-        PortHooks { clsact, filters, tcx, fq }
+        hooks_in(Some(&self.host), dev)
     }
 
     /// The interfaces that still carry some hook, with what they carry.
@@ -351,6 +380,42 @@ impl Lab {
     pub fn port_hooks(&self) -> Vec<(String, PortHooks)> {
         self.lock_containers().iter().map(|c| (c.port.clone(), self.hooks(&c.port))).collect()
     }
+}
+
+/// The hooks on interface `dev` of namespace `ns` (a name under
+/// `/var/run/netns`), or of the test's own namespace with `None`.
+pub fn hooks_in(ns: Option<&str>, dev: &str) -> PortHooks {
+    let tc = |args: &[&str]| {
+        let mut all: Vec<&str> = ns.map_or_else(Vec::new, |ns| vec!["-n", ns]);
+        all.extend_from_slice(args);
+        run("tc", &all)
+    };
+    let qdiscs = tc(&["qdisc", "show", "dev", dev]);
+    let clsact = qdiscs.lines().any(|l| l.contains("clsact"));
+    let fq = qdiscs.lines().any(|l| l.starts_with("qdisc fq ") && l.contains(" root "));
+    let filters = ["ingress", "egress"]
+        .iter()
+        .flat_map(|hook| tc(&["filter", "show", "dev", dev, hook]).lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let query = || {
+        [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")]
+            .into_iter()
+            .flat_map(|(attach, hook)| {
+                let progs = match SchedClassifier::query_tcx(dev, attach) {
+                    Ok((_, progs)) => progs,
+                    // Nothing can be on a hook the kernel does not have.
+                    Err(_) if !crate::kernel_has_tcx() => Vec::new(),
+                    Err(e) => panic!("querying TCX {hook} programs of {dev}: {e}"),
+                };
+                progs.iter().map(|p| format!("{hook}:{}", p.name_as_str().unwrap_or("?"))).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let tcx = match ns {
+        Some(ns) => in_netns(ns, query),
+        None => query(),
+    };
+    PortHooks { clsact, filters, tcx, fq }
 }
 
 impl Drop for Lab {

@@ -71,18 +71,19 @@ impl Lab {
 
     /// Starts the tool and waits until it says every hook is in place.
     pub fn attach(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
-        let tool = self.spawn(args);
-        if tool.wait_stderr("attached", TOOL_TIMEOUT).is_none() {
-            let outcome = tool.stop(Signal::SIGKILL);
-            let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-            panic!("pygocentrus attach {} did not attach:\n{outcome}", args.join(" "));
-        }
-        tool
+        self.spawn(args).attached(args)
     }
 
     /// Runs the tool to its end (bad input, --duration).
     pub fn run(&self, args: &[impl AsRef<str>]) -> Outcome {
         self.spawn(args).wait(TOOL_TIMEOUT)
+    }
+
+    /// Runs the tool to its end with more environment variables.
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[impl AsRef<str>]) -> Outcome {
+        let mut cmd = self.tool_command(&[], args);
+        cmd.envs(env.iter().copied());
+        Tool::spawn(cmd).wait(TOOL_TIMEOUT)
     }
 
     fn tool_command(&self, wrapper: &[&str], args: &[impl AsRef<str>]) -> Command {
@@ -96,7 +97,33 @@ impl Lab {
     }
 }
 
+impl Tool<'static> {
+    /// Starts `pygocentrus attach ARGS...` in the test's own network
+    /// namespace (where Docker's bridges and veths are), not in a lab.
+    pub fn spawn_here(args: &[impl AsRef<str>]) -> Self {
+        let mut cmd = Command::new(binary());
+        cmd.arg("attach").args(args.iter().map(AsRef::as_ref));
+        Self::spawn(cmd)
+    }
+
+    /// Like [`Tool::spawn_here`], and waits until every hook is in place.
+    pub fn attach_here(args: &[impl AsRef<str>]) -> Self {
+        Self::spawn_here(args).attached(args)
+    }
+}
+
 impl Tool<'_> {
+    /// Waits for the line saying every hook is in place; kills the tool
+    /// and panics, showing its output, if it does not come.
+    fn attached(self, args: &[impl AsRef<str>]) -> Self {
+        if self.wait_stderr("attached", TOOL_TIMEOUT).is_none() {
+            let outcome = self.stop(Signal::SIGKILL);
+            let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+            panic!("pygocentrus attach {} did not attach:\n{outcome}", args.join(" "));
+        }
+        self
+    }
+
     fn spawn(mut cmd: Command) -> Self {
         // `ip netns exec` execs the command: the child is the tool itself.
         let mut child = cmd

@@ -13,6 +13,7 @@ mod burst;
 mod corrupt;
 mod delay;
 mod drop;
+mod endpoint;
 mod lifecycle;
 mod reset;
 mod usage;

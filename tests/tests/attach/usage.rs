@@ -32,6 +32,32 @@ fn bad_input_is_refused_in_one_line_with_status_2() {
 }
 
 #[test]
+fn endpoints_that_cannot_be_resolved_are_refused_in_one_line_with_status_2() {
+    let lab = Lab::new("epusage", 2);
+    let target = lab.container(0);
+    let cases = [
+        ("no such namespace file", args!["--netns", "/var/run/netns/pyg-no-such-netns", "--drop", 5]),
+        ("not a namespace", args!["--netns", "/etc/hostname", "--drop", 5]),
+        ("no such process", args!["--netns", u32::MAX, "--drop", 5]),
+        // The tool runs in the lab's host namespace: no veth of its own.
+        ("its own namespace", args!["--netns", lab.host_netns_path(), "--drop", 5]),
+        // The machine's namespace: no veth of it leads to the lab's host.
+        ("a namespace without a veth here", args!["--netns", "/proc/1/ns/net", "--drop", 5]),
+        ("--netns with --iface", args!["--iface", BRIDGE, "--netns", target.netns_path(), "--drop", 5]),
+        ("--netns with --container", args!["--container", "web", "--netns", target.netns_path(), "--drop", 5]),
+        ("--reset on UDP", args!["--netns", target.netns_path(), "--proto", "udp", "--reset", 5]),
+    ];
+    for (case, args) in &cases {
+        assert_refused(&lab, case, &lab.run(args));
+    }
+    // Without Docker's socket (DOCKER_HOST names one that does not exist).
+    let out =
+        lab.run_env(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")], &args!["--container", "web", "--drop", 5]);
+    assert_refused(&lab, "no Docker socket", &out);
+    assert!(out.stderr[0].contains("no Docker socket"), "the message does not say what is missing:\n{out}");
+}
+
+#[test]
 fn an_unprivileged_user_is_refused_in_one_line_with_status_2() {
     let lab = Lab::new("noroot", 2);
     let out = lab.spawn_unprivileged(&args!["--iface", BRIDGE, "--port", PORT, "--drop", 5]).wait(TOOL_TIMEOUT);
