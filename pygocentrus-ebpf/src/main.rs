@@ -71,8 +71,7 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
     // up: the path most packets take.
     // (Portless rules and the endpoint's own rule match any port.)
     let any_port = cfg.flags & (CONFIG_PORTLESS | CONFIG_ENDPOINT) != 0;
-    let Some(pkt) = parse::packet(ctx, |sport, dport| any_port || maps::port_named(sport) || maps::port_named(dport))?
-    else {
+    let Some(pkt) = parse::packet(ctx, any_port, maps::port_named)? else {
         return Ok(PASS);
     };
     let Some((id, rule)) = find_rule(&pkt, cfg, hook) else {
@@ -100,15 +99,20 @@ fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Option<(u32, &'static Ru
     let portless = cfg.flags & CONFIG_PORTLESS != 0;
     let mut seen = 0;
     for side in [SIDE_TO, SIDE_FROM] {
-        let (addr, port) = if side == SIDE_TO { (&pkt.daddr, pkt.dport) } else { (&pkt.saddr, pkt.sport) };
+        let (addr, port, named) = if side == SIDE_TO {
+            (&pkt.daddr, pkt.dport, pkt.dport_named)
+        } else {
+            (&pkt.saddr, pkt.sport, pkt.sport_named)
+        };
         let cell = TargetValue::index(side, pkt.class);
-        if let Some(entry) = maps::target_with_port(addr, port)
+        if named
+            && let Some(entry) = maps::target(addr, port)
             && let Some(found) = pick(entry, cell, &mut seen)
         {
             return Some(found);
         }
         if portless
-            && let Some(entry) = maps::target_with_port(addr, [0, 0])
+            && let Some(entry) = maps::target(addr, [0, 0])
             && let Some(found) = pick(entry, cell, &mut seen)
         {
             return Some(found);

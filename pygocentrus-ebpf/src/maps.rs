@@ -55,13 +55,10 @@ pub fn port_named(port: [u8; 2]) -> bool {
     PORTS.get(u32::from(u16::from_be_bytes(port))).is_some_and(|m| *m != 0)
 }
 
-/// The trie entry for `port` (network order) on `addr`, if the port is one a
-/// rule names (port 0: the portless rules).
+/// The trie entry for `port` (network order; 0: the portless rules) on
+/// `addr`. Callers ask only for ports [`port_named`] said yes to.
 #[inline(always)]
-pub fn target_with_port(addr: &[u8; 16], port: [u8; 2]) -> Option<&'static TargetValue> {
-    if port != [0, 0] && !port_named(port) {
-        return None;
-    }
+pub fn target(addr: &[u8; 16], port: [u8; 2]) -> Option<&'static TargetValue> {
     let key = Key::new(PORT_BITS + ADDR_BITS, TargetKey { port, addr: *addr });
     TARGETS.get(&key)
 }

@@ -42,6 +42,10 @@ pub struct Packet {
     pub fragment: bool,
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
+    /// Whether some rule names the source / destination port: the trie is
+    /// only searched for a port a rule names.
+    pub sport_named: bool,
+    pub dport_named: bool,
 }
 
 impl Packet {
@@ -91,11 +95,12 @@ pub fn to_mac(ctx: &TcContext, mac: &[u8; 6]) -> Result<bool, ()> {
 
 /// Parses Ethernet (one 802.1Q/802.1ad tag), IPv4 or IPv6, TCP or UDP.
 /// `Ok(None)`: a packet we never touch (not IP, a non-first fragment, an
-/// IPv6 extension header), or one whose ports `wanted` turns down. The
-/// ports are read before the addresses are copied, so that the common case,
-/// traffic no rule names a port of, costs as little as possible.
+/// IPv6 extension header), or one neither of whose ports is `named` while
+/// no rule matches `any_port`. The ports are read before the addresses are
+/// copied, so that the common case, traffic no rule names a port of, costs
+/// as little as possible.
 #[inline(always)]
-pub fn packet(ctx: &TcContext, wanted: impl Fn([u8; 2], [u8; 2]) -> bool) -> Result<Option<Packet>, ()> {
+pub fn packet(ctx: &TcContext, any_port: bool, named: impl Fn([u8; 2]) -> bool) -> Result<Option<Packet>, ()> {
     linearize(ctx);
     let mut l3 = ETH_HLEN;
     let mut ethertype = u16::from_be_bytes(read::<2>(ctx, 12)?);
@@ -145,7 +150,8 @@ pub fn packet(ctx: &TcContext, wanted: impl Fn([u8; 2], [u8; 2]) -> bool) -> Res
         PROTO_ICMP | PROTO_ICMPV6 => (CLASS_OTHER, [0; 2], [0; 2], 0, 0),
         _ => (CLASS_OTHER, [0; 2], [0; 2], 0, 0),
     };
-    if !wanted(sport, dport) {
+    let (sport_named, dport_named) = (named(sport), named(dport));
+    if !(any_port || sport_named || dport_named) {
         return Ok(None);
     }
     let (saddr, daddr, l4_len, fragment) = if ipv6 {
@@ -158,7 +164,23 @@ pub fn packet(ctx: &TcContext, wanted: impl Fn([u8; 2], [u8; 2]) -> bool) -> Res
         let (s, d) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
         (mapped(s), mapped(d), total.saturating_sub(l4 - l3), fragment)
     };
-    Ok(Some(Packet { l3, l4, ipv6, proto, class, saddr, daddr, sport, dport, l4_hlen, l4_len, fragment, tcp_flags }))
+    Ok(Some(Packet {
+        l3,
+        l4,
+        ipv6,
+        proto,
+        class,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        l4_hlen,
+        l4_len,
+        fragment,
+        tcp_flags,
+        sport_named,
+        dport_named,
+    }))
 }
 
 #[inline(always)]

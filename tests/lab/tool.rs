@@ -151,6 +151,14 @@ impl Tool<'_> {
         children.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).next()
     }
 
+    /// Kills the tool and its guard together with SIGKILL, guard first, as
+    /// when a container's PID namespace ends: what the run added stays.
+    pub fn kill_with_guard(self) -> Outcome {
+        let guard = self.guard().expect("no guard process: the run added nothing that outlives it");
+        nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
+        self.stop(Signal::SIGKILL)
+    }
+
     /// Waits for a line on stderr containing `needle`; `None` after
     /// `timeout`, or as soon as the process closed its output without one.
     pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> Option<String> {

@@ -251,9 +251,7 @@ fn fq_of_a_killed_run_is_removed_by_its_guard_or_else_by_the_next_run() {
 
     // Killed with its guard: fq stays, and the next run removes it.
     let tool = lab.attach(&delay);
-    let guard = tool.guard().expect("no guard process with fq installed");
-    nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
-    tool.stop(Signal::SIGKILL);
+    tool.kill_with_guard();
     assert!(lab.port_hooks().iter().all(|(_, h)| h.fq), "fq went away by itself: {:#?}", lab.port_hooks());
     let tool = lab.attach(&rule("udp", None, args!["--drop", 0.001]));
     assert!(

@@ -233,9 +233,7 @@ fn sigkill_on_netlink_is_cleaned_by_the_guard_or_else_by_the_next_run() {
 
     // Killed with its guard: cls_bpf filters outlive both, and keep dropping.
     let tool = lab.attach(&run);
-    let guard = tool.guard().expect("no guard process on the netlink path");
-    nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
-    tool.stop(Signal::SIGKILL);
+    tool.kill_with_guard();
     assert_only_hooked(&lab, &target, "netlink");
     assert_eq!(flow.exchange(20).received(), 0, "the orphaned filters stopped dropping");
 

@@ -149,10 +149,8 @@ fn killed_with_its_guard_a_run_leaves_filters_that_the_next_run_removes() {
     let flow = UdpFlow::new(&lab.container(0), 0, &lab.container(1), PORT, false);
     let run = drop_all("netlink");
     let tool = lab.attach(&run);
-    let guard = tool.guard().expect("no guard process on the netlink path");
     // As when a container's PID namespace ends: everything dies at once.
-    nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
-    tool.stop(Signal::SIGKILL);
+    tool.kill_with_guard();
 
     // The documented limitation: cls_bpf filters outlive their process, and
     // keep dropping.
