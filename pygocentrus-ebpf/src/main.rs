@@ -78,10 +78,7 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
         return Ok(PASS);
     };
     if copy {
-        if hook == Hook::Egress {
-            schedule(ctx, &pkt, id, rule, &Dice::new(&pkt, rule));
-        }
-        return Ok(PASS);
+        return Ok(if hook == Hook::Egress { schedule(ctx, &pkt, id, rule, &Dice::new(&pkt, rule)) } else { PASS });
     }
     maps::count(id, |c| {
         c.seen += 1;
@@ -189,27 +186,33 @@ fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, hook: Hook) -> i32
     if dice.fires(rule.duplicate, Action::Duplicate) && duplicate(ctx, hook).is_ok() {
         maps::count(id, |c| c.duplicated += 1);
     }
-    if hook == Hook::Egress {
-        schedule(ctx, pkt, id, rule, &dice);
+    if hook == Hook::Egress && schedule(ctx, pkt, id, rule, &dice) == SHOT {
+        return SHOT;
     }
     maps::count(id, bump_passed);
     PASS
 }
 
-/// Rate, delay and order for a packet leaving by egress, counted.
+/// Rate, delay and order for a packet leaving by egress, counted: `SHOT`
+/// when the rule's rate queue is full, `PASS` otherwise.
 #[inline(always)]
-fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) {
+fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> i32 {
     if !rule.schedules() {
-        return;
+        return PASS;
     }
     let delay = dice.fires(rule.delay_prob, Action::Delay);
     let done = sched::schedule(ctx, pkt, id, rule, delay, dice.draw(Action::Jitter));
+    if done.overflow {
+        maps::count(id, |c| c.dropped += 1);
+        return SHOT;
+    }
     if done.delayed || done.rate_limited {
         maps::count(id, |c| {
             c.delayed += u64::from(done.delayed);
             c.rate_limited += u64::from(done.rate_limited);
         });
     }
+    PASS
 }
 
 /// One step of the rule's Gilbert-Elliott chain: move between the good and

@@ -9,12 +9,22 @@ use pygocentrus_common::{DIST_SCALE, DIST_UNIFORM, RULE_KEEP_ORDER, Rule};
 use crate::{maps, parse::Packet};
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
+/// The longest a rate-limited packet may be made to wait for its turn: the
+/// rule's queue, in time. A packet that would wait longer is dropped, as a
+/// full queue drops it, and does not move the rule's clock. Without this
+/// bound a bulk TCP sender fills fq far beyond its horizon, fq drops what
+/// lies beyond it, and each retransmission is stamped later still: the
+/// connection stalls for the length of its retransmission back-off.
+/// (Cilium's bandwidth manager bounds its EDT queue the same way, by 2 s.)
+const RATE_BACKLOG_NS: u64 = 2 * NSEC_PER_SEC;
 
 /// What scheduling did to one packet, for the counters.
 #[derive(Default)]
 pub struct Scheduled {
     pub delayed: bool,
     pub rate_limited: bool,
+    /// The rule's rate queue is full: the packet must be dropped.
+    pub overflow: bool,
 }
 
 /// Sets the departure time of a packet at egress. `delay` is whether the
@@ -29,6 +39,10 @@ pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, delay: bool
     if rule.rate_bytes != 0
         && let Some(state) = maps::rule_state(id)
     {
+        if state.next_departure > now.saturating_add(RATE_BACKLOG_NS) {
+            out.overflow = true;
+            return out;
+        }
         if state.next_departure > departure {
             departure = state.next_departure;
             out.rate_limited = true;

@@ -148,6 +148,30 @@ fn jitter_reorders_a_flow_and_keep_order_does_not() {
     assert_eq!(out.counter("delayed"), u64::from(N), "{out}");
 }
 
+/// How long a 6-second iperf3 run may take before the test calls it
+/// stalled (a rate queue without bound stalled TCP for minutes).
+const IPERF_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` with its output captured; panics if it is still running
+/// after `deadline` (it is killed first).
+fn run_within(cmd: &mut Command, deadline: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("waiting for a child").is_none() {
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {deadline:?}: the transfer stalled");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collecting a child's output")
+}
+
 #[test]
 fn rate_limits_iperf3_tcp_throughput_to_within_10_percent() {
     const RATE_BPS: f64 = 5e6;
@@ -174,17 +198,20 @@ fn rate_limits_iperf3_tcp_throughput_to_within_10_percent() {
     // The server listens within milliseconds; the client retries briefly.
     let mut report = None;
     for _ in 0..50 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &client.ns, "iperf3", "--json", "--client", &server_ip])
-            .args(["--port", &IPERF_PORT.to_string(), "--time", "5", "--omit", "1"])
-            .output()
-            .unwrap_or_else(|e| panic!("running the iperf3 client: {e}"));
+        let out =
+            run_within(
+                Command::new("ip")
+                    .args(["netns", "exec", &client.ns, "iperf3", "--json", "--client", &server_ip])
+                    .args(["--port", &IPERF_PORT.to_string(), "--time", "5", "--omit", "1"]),
+                IPERF_DEADLINE,
+            );
         if out.status.success() {
             report = Some(out.stdout);
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = iperf_server.kill();
     let _ = iperf_server.wait();
     let out = tool.terminate();
     let report: Value =
