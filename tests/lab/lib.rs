@@ -18,7 +18,7 @@ mod traffic;
 use std::path::PathBuf;
 
 pub use counters::NetCounters;
-pub use netns::{BRIDGE, Container, Lab, PortHooks, in_netns};
+pub use netns::{BRIDGE, Container, Lab, PortHooks, hooks_of, in_netns};
 pub use tool::{Outcome, TOOL_TIMEOUT, Tool};
 pub use traffic::{Exchange, UdpFlow, payload, seq_of, tcp_connect, tcp_listener};
 

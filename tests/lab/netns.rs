@@ -272,31 +272,7 @@ impl Lab {
 
     /// The hooks on interface `dev` of the host namespace.
     pub fn hooks(&self, dev: &str) -> PortHooks {
-        let tc = |args: &[&str]| {
-            let mut all = vec!["-n", self.host.as_str()];
-            all.extend_from_slice(args);
-            run("tc", &all)
-        };
-        let clsact = tc(&["qdisc", "show", "dev", dev]).lines().any(|l| l.contains("clsact"));
-        let filters = ["ingress", "egress"]
-            .iter()
-            .flat_map(|hook| tc(&["filter", "show", "dev", dev, hook]).lines().map(str::to_owned).collect::<Vec<_>>())
-            .collect();
-        let tcx = in_netns(&self.host, || {
-            [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")]
-                .into_iter()
-                .flat_map(|(attach, hook)| {
-                    let progs = match SchedClassifier::query_tcx(dev, attach) {
-                        Ok((_, progs)) => progs,
-                        // Nothing can be on a hook the kernel does not have.
-                        Err(_) if !crate::kernel_has_tcx() => Vec::new(),
-                        Err(e) => panic!("querying TCX {hook} programs of {dev}: {e}"),
-                    };
-                    progs.iter().map(|p| format!("{hook}:{}", p.name_as_str().unwrap_or("?"))).collect::<Vec<_>>()
-                })
-                .collect()
-        });
-        PortHooks { clsact, filters, tcx }
+        hooks_of(Some(&self.host), dev)
     }
 
     /// The interfaces that still carry some hook, with what they carry.
@@ -330,6 +306,40 @@ impl Lab {
     pub fn port_hooks(&self) -> Vec<(String, PortHooks)> {
         self.lock_containers().iter().map(|c| (c.port.clone(), self.hooks(&c.port))).collect()
     }
+}
+
+/// The hooks on interface `dev` of namespace `ns`, or of this process's
+/// own namespace (`None`: where Docker's bridges live).
+pub fn hooks_of(ns: Option<&str>, dev: &str) -> PortHooks {
+    let tc = |args: &[&str]| {
+        let mut all = ns.map_or_else(Vec::new, |ns| vec!["-n", ns]);
+        all.extend_from_slice(args);
+        run("tc", &all)
+    };
+    let clsact = tc(&["qdisc", "show", "dev", dev]).lines().any(|l| l.contains("clsact"));
+    let filters = ["ingress", "egress"]
+        .iter()
+        .flat_map(|hook| tc(&["filter", "show", "dev", dev, hook]).lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let query = || {
+        [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")]
+            .into_iter()
+            .flat_map(|(attach, hook)| {
+                let progs = match SchedClassifier::query_tcx(dev, attach) {
+                    Ok((_, progs)) => progs,
+                    // Nothing can be on a hook the kernel does not have.
+                    Err(_) if !crate::kernel_has_tcx() => Vec::new(),
+                    Err(e) => panic!("querying TCX {hook} programs of {dev}: {e}"),
+                };
+                progs.iter().map(|p| format!("{hook}:{}", p.name_as_str().unwrap_or("?"))).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let tcx = match ns {
+        Some(ns) => in_netns(ns, query),
+        None => query(),
+    };
+    PortHooks { clsact, filters, tcx }
 }
 
 impl Drop for Lab {
