@@ -129,7 +129,8 @@ impl Greeter {
         // Tells the server the deadline, and makes tonic enforce it too.
         request.set_timeout(self.deadline);
         let start = Instant::now();
-        // Also covers connecting, which tonic's own timeout does not.
+        // Bounds the whole call, connecting included, whatever tonic's own
+        // timeout covers.
         let outcome = tokio::time::timeout(self.deadline, self.client.say_hello(request)).await;
         let latency = start.elapsed();
         let (code, detail) = match outcome {
@@ -147,6 +148,12 @@ impl Greeter {
         };
         CallResult { code, latency, detail }
     }
+}
+
+/// One call on a connection of its own: `SayHello(name)` to `addr:port`
+/// within `deadline`. Inside a Tokio runtime.
+pub async fn say_hello(addr: &str, port: u16, name: &str, deadline: Duration) -> Result<CallResult, BadAddress> {
+    Ok(Greeter::new(addr, port, deadline)?.call(name).await)
 }
 
 /// A status's message with the errors under it: `transport error: tcp

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use example_support::Env;
-use grpc_hello::{ClientSettings, Greeter, code_name, run_calls, serve};
+use grpc_hello::{ClientSettings, Greeter, code_name, run_calls, say_hello, serve};
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::Code;
 
@@ -43,6 +43,14 @@ async fn a_call_gets_its_greeting() {
     assert_eq!(result.code, Code::Ok, "{result}");
     assert_eq!(result.detail, "Hello Ada");
     assert!(result.to_string().starts_with("OK "), "{result}");
+}
+
+#[tokio::test]
+async fn say_hello_makes_one_call() {
+    let (addr, _stop, _task) = server().await;
+    let result = say_hello("127.0.0.1", addr.port(), "Grace", Duration::from_secs(5)).await.expect("a valid address");
+    assert!(result.is_ok(), "{result}");
+    assert_eq!(result.detail, "Hello Grace");
 }
 
 #[tokio::test]
