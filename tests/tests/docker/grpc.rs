@@ -56,17 +56,18 @@ fn greeter_calls_fail_under_drop_100_and_mostly_succeed_under_the_default() {
         assert!(h.is_empty(), "port {port} still carries hooks after SIGTERM: {h:#?}");
     }
 
-    // The compose file's default, --drop 5: most calls succeed, and
-    // pygocentrus counts drops. 40 calls of a few packets each at 5%: no
-    // drop at all would happen about once in 10^5 runs.
+    // The compose file's default, --drop 5: most calls succeed (a call
+    // fails only if a segment is lost three times in a row, or the SYN
+    // once), and pygocentrus counts drops: 60 calls of about six packets
+    // each at 5%, so no drop at all would happen about once in 10^8 runs.
     stack.up(&["pygocentrus"], &[]);
     let id = stack.wait_attached();
     let report =
-        stack.run("greeter-client", &[("COUNT", "40"), ("INTERVAL", "20ms"), ("DEADLINE", "1s"), ("START_DELAY", "0")]);
+        stack.run("greeter-client", &[("COUNT", "60"), ("INTERVAL", "20ms"), ("DEADLINE", "1s"), ("START_DELAY", "0")]);
     let (codes, _) = calls(&report);
-    assert_eq!(codes.len(), 40, "{report:#?}");
+    assert_eq!(codes.len(), 60, "{report:#?}");
     let ok = codes.iter().filter(|c| *c == "OK").count();
-    assert!(ok > 20, "only {ok} of 40 calls succeeded under --drop 5:\n{report:#?}");
+    assert!(ok > 30, "only {ok} of 60 calls succeeded under --drop 5:\n{report:#?}");
     for code in codes.iter().filter(|c| *c != "OK") {
         assert!(code == "UNAVAILABLE" || code == "DEADLINE_EXCEEDED", "a call ended with {code}:\n{report:#?}");
     }
