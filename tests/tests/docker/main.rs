@@ -23,7 +23,12 @@ use pygocentrus_tests::PortHooks;
 
 /// Whether `hooks` are pygocentrus's, as `--hook auto` makes them here.
 fn hooked(hooks: &PortHooks) -> bool {
-    if pygocentrus_tests::kernel_has_tcx() {
+    hooked_with(hooks, pygocentrus_tests::auto_hook())
+}
+
+/// Whether `hooks` are pygocentrus's, as `--hook METHOD` makes them.
+fn hooked_with(hooks: &PortHooks, method: &str) -> bool {
+    if method == "tcx" {
         hooks.tcx.contains(&format!("ingress:{PROG_INGRESS}")) && hooks.tcx.contains(&format!("egress:{PROG_EGRESS}"))
     } else {
         let has = |name: &str| hooks.filters.iter().any(|f| f.contains(name));
