@@ -1,328 +1,61 @@
-//! A real Docker engine for the tests, and the few things they make with
-//! it: an image built from a static busybox (no registry is needed), a
-//! user-defined bridge network on 198.19.0.0/16 (inside 198.18.0.0/15), and
-//! containers on it. Everything is named `pygct-PID-TAG...` and removed
-//! when its guard drops; what a test process that died left is removed by
-//! the next one.
+//! A Docker engine and the examples' images, made ready once per test
+//! process by the repository's own scripts.
 
-use std::{
-    net::Ipv4Addr,
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex, Once, PoisonError, Weak},
-    time::{Duration, Instant},
-};
+use std::{io::Write as _, path::PathBuf, process::Command, sync::OnceLock, time::Duration};
 
-/// Every name this suite gives a Docker object starts with this.
-const PREFIX: &str = "pygct-";
-/// How long a dockerd started here may take to answer.
-const ENGINE_START: Duration = Duration::from_secs(60);
+use crate::compose::run_captured;
 
-/// Runs `docker ARGS...`.
-pub fn docker_output(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap_or_else(|e| panic!("running docker: {e}"))
+/// `scripts/images` and `scripts/dockerd-up` exit with this when no Docker
+/// engine can run on this machine.
+const NO_ENGINE: i32 = 3;
+
+/// The musl build of a fresh checkout takes minutes on two cores.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
+
+enum Readiness {
+    Ready,
+    /// Why no engine can run here: the tests skip.
+    NoEngine(String),
+    /// Anything else that went wrong: the tests fail.
+    Failed(String),
 }
 
-/// Runs `docker ARGS...`, panicking with its stderr if it fails; returns
-/// its stdout, trimmed.
-pub fn docker(args: &[&str]) -> String {
-    let out = docker_output(args);
-    assert!(
-        out.status.success(),
-        "`docker {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+static READINESS: OnceLock<Readiness> = OnceLock::new();
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
-/// The engine the tests use: the one running, or a `dockerd` started here
-/// (and stopped when the last test using it is done).
-pub struct Engine {
-    started: Mutex<Option<Child>>,
-}
-
-impl Engine {
-    /// The engine, or `None` (with a message) where none can run: no
-    /// `docker` client or no `dockerd` on this machine (e.g. the QEMU
-    /// guests of `cargo xtask vm-test`). An engine that is installed but
-    /// fails to start is a failure, not a skip.
-    pub fn get() -> Option<Arc<Self>> {
-        static SHARED: Mutex<Weak<Engine>> = Mutex::new(Weak::new());
-        pygocentrus_tests::require_root();
-        if !on_path("docker") || !on_path("dockerd") {
-            eprintln!("skipped: no Docker engine on this machine (apt-get install docker.io)");
-            return None;
+/// True once the engine answers and the images are built from this
+/// checkout. False, after saying why, where no engine can run at all.
+/// Panics on any other failure.
+pub fn ready() -> bool {
+    match READINESS.get_or_init(prepare) {
+        Readiness::Ready => true,
+        Readiness::NoEngine(why) => {
+            // Straight to stderr: libtest would hide an eprintln! of a test
+            // that passes, and a skip must be seen.
+            let _ = writeln!(std::io::stderr(), "skipped: no Docker engine can run here: {why}");
+            false
         }
-        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(engine) = shared.upgrade() {
-            return Some(engine);
-        }
-        let engine = Arc::new(Self::start());
-        *shared = Arc::downgrade(&engine);
-        sweep_dead();
-        Some(engine)
-    }
-
-    fn start() -> Self {
-        if docker_output(&["info"]).status.success() {
-            return Self { started: Mutex::new(None) };
-        }
-        let log = std::env::temp_dir().join(format!("pygct-dockerd-{}.log", std::process::id()));
-        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-        let err = file.try_clone().unwrap_or_else(|e| panic!("duplicating a descriptor: {e}"));
-        let child = Command::new("dockerd")
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting dockerd: {e}"));
-        let engine = Self { started: Mutex::new(Some(child)) };
-        let deadline = Instant::now() + ENGINE_START;
-        while !docker_output(&["info"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer within {ENGINE_START:?}; its log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        eprintln!("engine: started dockerd (log in {})", log.display());
-        engine
+        Readiness::Failed(why) => panic!("{why}"),
     }
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.started.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = child.wait();
-        }
+fn prepare() -> Readiness {
+    pygocentrus_tests::require_root();
+    if let Ok(kernel) = std::env::var("PYGOCENTRUS_VM_KERNEL") {
+        return Readiness::NoEngine(format!("inside the kernel-matrix VM ({kernel}), which has no Docker"));
     }
-}
-
-/// Removes, once per process, the containers, networks and images of test
-/// processes that died without cleaning up.
-fn sweep_dead() {
-    static SWEEP: Once = Once::new();
-    SWEEP.call_once(|| {
-        let dead = |name: &str| {
-            name.strip_prefix(PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        };
-        let list = |args: &[&str]| -> Vec<String> {
-            docker(args).lines().map(str::to_owned).filter(|n| dead(n.split(':').next().unwrap_or(n))).collect()
-        };
-        for c in list(&["ps", "-a", "--filter", &format!("name={PREFIX}"), "--format", "{{.Names}}"]) {
-            eprintln!("engine: removing container {c}, left by a test process that died");
-            let _ = docker_output(&["rm", "-f", &c]);
-        }
-        for n in list(&["network", "ls", "--filter", &format!("name={PREFIX}"), "--format", "{{.Name}}"]) {
-            let _ = docker_output(&["network", "rm", &n]);
-        }
-        for i in list(&["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("{PREFIX}*")]) {
-            let _ = docker_output(&["rmi", "-f", &i]);
-        }
-    });
-}
-
-/// A container, as the tests need it. What changes when it restarts (its
-/// process, namespace, veth, perhaps its address) is looked up each time.
-#[derive(Clone, Debug)]
-pub struct DockerContainer {
-    pub name: String,
-}
-
-impl DockerContainer {
-    /// Its address on the test's network.
-    pub fn ip(&self) -> Ipv4Addr {
-        let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &self.name]);
-        ip.parse().unwrap_or_else(|e| panic!("the address of {}: '{ip}': {e}", self.name))
-    }
-
-    /// Its main process (it changes when the container restarts).
-    pub fn pid(&self) -> u32 {
-        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &self.name]);
-        pid.parse().unwrap_or_else(|e| panic!("the pid of {}: '{pid}': {e}", self.name))
-    }
-
-    /// Its network namespace now, as `in_netns` and `UdpFlow::between` take it.
-    pub fn netns(&self) -> String {
-        format!("/proc/{}/ns/net", self.pid())
-    }
-
-    /// The name, in this namespace, of the host end of its `eth0`.
-    pub fn host_veth(&self) -> String {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns()))
-            .args(["ip", "-o", "link", "show", "eth0"])
-            .output()
-            .unwrap_or_else(|e| panic!("running nsenter: {e}"));
-        let text = String::from_utf8_lossy(&out.stdout);
-        // `9: eth0@if10: <...`: the peer's index follows "@if".
-        let peer = text
-            .split_once("@if")
-            .and_then(|(_, rest)| rest.split(':').next())
-            .and_then(|i| i.parse::<u32>().ok())
-            .unwrap_or_else(|| panic!("no veth peer in `ip link show eth0` of {}: {text}", self.name));
-        let links = Command::new("ip").args(["-o", "link", "show"]).output().expect("running ip");
-        String::from_utf8_lossy(&links.stdout)
-            .lines()
-            .find_map(|l| {
-                let (index, rest) = l.split_once(": ")?;
-                let name = rest.split([':', '@']).next()?;
-                (index.trim().parse::<u32>().ok()? == peer).then(|| name.to_owned())
-            })
-            .unwrap_or_else(|| panic!("no interface with index {peer} here (host end of {})", self.name))
-    }
-}
-
-/// An image, a network (or more) and containers on it, all removed on drop.
-pub struct Setup {
-    pub image: String,
-    pub network: String,
-    /// The network's Linux bridge.
-    pub bridge: String,
-    /// Networks added with [`Setup::add_network`].
-    more_networks: Vec<String>,
-    containers: Vec<String>,
-    _engine: Arc<Engine>,
-}
-
-impl Setup {
-    /// An image and a bridge network of their own for the test `tag`
-    /// (letters only, at most 3, or 2 with [`Setup::add_network`], so that
-    /// bridge names fit in 15 characters).
-    pub fn new(engine: Arc<Engine>, tag: &str) -> Self {
-        assert!(tag.len() <= 3 && tag.chars().all(|c| c.is_ascii_lowercase()), "tag '{tag}'");
-        let pid = std::process::id();
-        let base = format!("{PREFIX}{pid}-{tag}");
-        let setup = Self {
-            image: format!("{base}:latest"),
-            network: format!("{base}-net"),
-            bridge: format!("pygct{pid}{tag}"),
-            more_networks: Vec::new(),
-            containers: Vec::new(),
-            _engine: engine,
-        };
-        setup.build_image();
-        create_network(&setup.network, &setup.bridge);
-        setup
-    }
-
-    /// Another bridge network: returns its name and its bridge's.
-    pub fn add_network(&mut self, suffix: char) -> (String, String) {
-        let (network, bridge) = (format!("{}{suffix}", self.network), format!("{}{suffix}", self.bridge));
-        assert!(bridge.len() <= 15, "bridge name {bridge} is too long: use a shorter tag");
-        create_network(&network, &bridge);
-        self.more_networks.push(network.clone());
-        (network, bridge)
-    }
-
-    /// `docker import` of a root file system holding only a static busybox.
-    fn build_image(&self) {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .expect("no busybox: apt-get install busybox-static");
-        let ldd = Command::new("ldd").arg(busybox).output().expect("running ldd");
-        assert!(
-            !ldd.status.success() || String::from_utf8_lossy(&ldd.stdout).contains("not a dynamic"),
-            "{busybox} is not static: apt-get install busybox-static"
-        );
-        let root = std::env::temp_dir().join(format!("{}-rootfs", self.network));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("bin")).expect("creating the image's root");
-        std::fs::copy(busybox, root.join("bin/busybox")).expect("copying busybox");
-        let tar = root.with_extension("tar");
-        let packed = Command::new("tar")
-            .args(["-C", &root.to_string_lossy(), "-cf", &tar.to_string_lossy(), "."])
-            .status()
-            .expect("running tar");
-        assert!(packed.success(), "tar failed");
-        docker(&["import", &tar.to_string_lossy(), &self.image]);
-        let _ = std::fs::remove_dir_all(&root);
-        let _ = std::fs::remove_file(&tar);
-    }
-
-    fn name(&self, role: &str) -> String {
-        format!("{}-{role}", self.network.trim_end_matches("-net"))
-    }
-
-    /// Runs a container `role` on the network (`busybox sleep`: the tests
-    /// make their traffic from sockets opened in its namespace).
-    pub fn run(&mut self, role: &str) -> DockerContainer {
-        let network = self.network.clone();
-        DockerContainer { name: self.container(role, "run", &network) }
-    }
-
-    /// A container `role` on `network` (`none`, `host`, ...), started
-    /// (`docker run -d`) or only created (`docker create`) as `how` says.
-    pub fn container(&mut self, role: &str, how: &str, network: &str) -> String {
-        let name = self.name(role);
-        self.containers.push(name.clone());
-        let detach: &[&str] = if how == "run" { &["-d"] } else { &[] };
-        let mut args = vec![how];
-        args.extend_from_slice(detach);
-        args.extend_from_slice(&["--name", &name, "--network", network, &self.image, "/bin/busybox", "sleep", "3600"]);
-        docker(&args);
-        name
-    }
-
-    /// The Linux interfaces enslaved to the network's bridge.
-    pub fn ports(&self) -> Vec<String> {
-        ports_of(&self.bridge)
-    }
-}
-
-/// Creates bridge network `network` (Linux bridge `bridge`) on a free /24
-/// of 198.19.128.0/17 (other tests may hold some of them on a shared
-/// engine).
-fn create_network(network: &str, bridge: &str) {
-    let bridge_opt = format!("com.docker.network.bridge.name={bridge}");
-    for i in 0..128u32 {
-        let octet = 128 + (std::process::id() + i) % 128;
-        let subnet = format!("198.19.{octet}.0/24");
-        let args = ["network", "create", "--driver", "bridge", "--subnet", &subnet, "-o", &bridge_opt, network];
-        let out = docker_output(&args);
-        if out.status.success() {
-            return;
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("overlap"), "creating network {network} on {subnet}: {err}");
-    }
-    panic!("no free /24 in 198.19.128.0/17 for {network}");
-}
-
-/// The Linux interfaces enslaved to `bridge`.
-pub fn ports_of(bridge: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output().expect("running ip");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .collect()
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let _ = docker_output(&["rm", "-f", c]);
-        }
-        let networks = self.more_networks.iter().chain([&self.network]);
-        let removals = networks.map(|n| vec!["network", "rm", n]).chain([vec!["rmi", "-f", &self.image]]);
-        for args in removals {
-            let out = docker_output(&args);
-            if !out.status.success() {
-                eprintln!("engine: `docker {}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-            }
-        }
+    let scripts = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts"));
+    // scripts/test builds the images as the calling user before it runs the
+    // tests as root, and says so; run any other way, the test builds them.
+    let script = if std::env::var("PYGOCENTRUS_IMAGES_READY").is_ok_and(|v| v == "1") {
+        scripts.join("dockerd-up")
+    } else {
+        scripts.join("images")
+    };
+    let out = run_captured(&mut Command::new(&script), BUILD_TIMEOUT);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    match out.status.code() {
+        Some(0) => Readiness::Ready,
+        Some(NO_ENGINE) => Readiness::NoEngine(said.trim().to_owned()),
+        _ => Readiness::Failed(format!("{} failed ({}):\n{said}", script.display(), out.status)),
     }
 }
