@@ -33,7 +33,7 @@ use crate::{
 
 /// `ioctl(fd, NS_GET_NSTYPE)` (linux/nsfs.h): the kind of namespace a
 /// descriptor refers to.
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
 
 /// A namespace, by the identity of its nsfs inode: stable for as long as
 /// the namespace exists, whatever path or process leads to it.
