@@ -1,11 +1,13 @@
 //! `pygocentrus demo`: two hosts on a bridge, each in a network namespace
 //! of its own (`demo/lab.rs`), real traffic between them (`demo/traffic.rs`),
-//! first clean, then under four attacks made exactly as `pygocentrus attach`
+//! first clean, then under four attacks, then gRPC calls (`demo/grpc.rs`)
+//! clean and under three more, all made exactly as `pygocentrus attach`
 //! makes them: each phase's command line goes through the same parser and
 //! the same [`Attachment`]. Every phase prints what A sent, what B got and
 //! pygocentrus' counters, and checks that the effect happened; a demo that
 //! did not show it fails, so it doubles as a smoke test.
 
+mod grpc;
 mod lab;
 mod traffic;
 
@@ -13,9 +15,11 @@ use std::{fmt::Display, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser as _, ValueEnum as _};
+use grpc_hello::Code;
 use pygocentrus_common::Counters;
 
 use self::{
+    grpc::{GRPC_PORT, GreeterServer},
     lab::{ADDR_A, ADDR_B, BRIDGE, ETH, Lab, PORT_A, PORT_B, ip_checksum_errors},
     traffic::{EchoServer, TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp, wait_reachable},
 };
@@ -24,12 +28,17 @@ use crate::{
     cli::{AttachArgs, Cli, Command, DemoArgs, HookMode},
     hooks::Method,
     netlink::Netlink,
-    plan::{Plan, RuleSpec},
+    plan::{Plan, RuleSpec, UsageError},
     privileges,
     signals::Signals,
 };
 
-const PHASES: usize = 5;
+const PHASES: usize = 9;
+/// gRPC calls made in a phase, and the pause after each.
+const CALLS: u32 = 5;
+const GAP: Duration = Duration::from_millis(100);
+/// The delay of the gRPC delay phase, each way.
+const GRPC_DELAY: Duration = Duration::from_millis(100);
 /// TCP connections tried in a phase.
 const CONNECTIONS: u32 = 5;
 /// How far from the asked share a count may stray, in standard deviations
@@ -42,12 +51,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let lab = Lab::build().await.context("building the lab")?;
     let echo_server = EchoServer::start(&lab)?;
+    let greeter_server = GreeterServer::start(&lab)?;
     intro();
 
-    let mut demo = Demo { lab: &lab, args: &args, signals: &mut signals, failed: Vec::new() };
+    let mut demo = Demo { lab: &lab, args: &args, signals: &mut signals, failed: Vec::new(), skipped: Vec::new() };
     let result = demo.phases().await;
-    let Demo { failed, .. } = demo;
+    let Demo { failed, skipped, .. } = demo;
     drop(echo_server);
+    drop(greeter_server);
     // Closing the namespaces deletes them, with the bridge and the veths.
     drop(lab);
     if result.is_err() {
@@ -58,8 +69,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if !failed.is_empty() {
         bail!("the demo did not show the expected effect of: {}", failed.join(", "));
     }
+    let shown = PHASES - skipped.len();
+    let skips = if skipped.is_empty() { String::new() } else { format!(" ({} skipped)", skipped.join(", ")) };
     println!(
-        "\nall {PHASES} phases showed what they should, in {:.1}s; the lab is gone.",
+        "\n{shown} of {PHASES} phases showed what they should{skips}, in {:.1}s; the lab is gone.",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -71,7 +84,8 @@ fn intro() {
     println!("    A {ADDR_A}  {ETH} ---- {PORT_A} --+");
     println!("                                         +-- bridge {BRIDGE}: pygocentrus hooks here");
     println!("    B {ADDR_B}  {ETH} ---- {PORT_B} --+");
-    println!("\n    B runs a UDP sink on port {UDP_PORT} and a TCP echo server on port {TCP_PORT}.");
+    println!("\n    B runs a UDP sink on port {UDP_PORT}, a TCP echo server on port {TCP_PORT}");
+    println!("    and gRPC's helloworld Greeter on port {GRPC_PORT}; A dials B's own address.");
 }
 
 /// The four attacks of the demo.
@@ -81,6 +95,9 @@ enum Attack {
     Reset,
     CorruptPayload,
     Corrupt,
+    GrpcDrop,
+    GrpcReset,
+    GrpcDelay,
 }
 
 impl Attack {
@@ -91,6 +108,7 @@ impl Attack {
             Attack::Reset => 100,
             Attack::CorruptPayload => 10,
             Attack::Corrupt => 20,
+            Attack::GrpcDrop | Attack::GrpcReset | Attack::GrpcDelay => 100,
         }
     }
 
@@ -109,6 +127,11 @@ impl Attack {
             Attack::Corrupt => {
                 format!("corrupt: {p}% of the datagrams to B:{UDP_PORT} are damaged on the wire")
             }
+            Attack::GrpcDrop => format!("gRPC under drop: every packet to or from port {GRPC_PORT} vanishes"),
+            Attack::GrpcReset => "gRPC under reset: the server's packets become resets, like a crash".to_owned(),
+            Attack::GrpcDelay => {
+                format!("gRPC under delay: {} more each way", ms(GRPC_DELAY))
+            }
         }
     }
 
@@ -123,6 +146,9 @@ impl Attack {
             }
             Attack::CorruptPayload => format!("{udp} --corrupt-payload {p}"),
             Attack::Corrupt => format!("{udp} --corrupt {p}"),
+            Attack::GrpcDrop => format!("--port {GRPC_PORT} --drop {p}"),
+            Attack::GrpcReset => format!("--port {GRPC_PORT} --direction from --reset {p}"),
+            Attack::GrpcDelay => format!("--port {GRPC_PORT} --delay {}ms", GRPC_DELAY.as_millis()),
         }
     }
 
@@ -149,6 +175,8 @@ struct Demo<'a> {
     signals: &'a mut Signals,
     /// Names of the phases whose effect did not show.
     failed: Vec<&'static str>,
+    /// Names of the phases this kernel cannot show.
+    skipped: Vec<&'static str>,
 }
 
 impl Demo<'_> {
@@ -157,7 +185,107 @@ impl Demo<'_> {
         self.drop().await?;
         self.reset().await?;
         self.corrupt_payload().await?;
-        self.corrupt().await
+        self.corrupt().await?;
+        let mut greeter = grpc::client(self.lab)?;
+        self.grpc_baseline(&mut greeter).await?;
+        self.grpc_drop(&mut greeter).await?;
+        self.grpc_reset(&mut greeter).await?;
+        self.grpc_delay(&mut greeter).await
+    }
+
+    async fn grpc_baseline(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
+        header(6, &format!("gRPC: {CALLS} SayHello calls from A to B:{GRPC_PORT}, no faults"));
+        self.warm(greeter).await?;
+        let results = self.unless_stopped(async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await?;
+        grpc::show(&results);
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        self.verdict(
+            "gRPC baseline",
+            ok == results.len(),
+            format!("every call answers, within {} each (deadline {})", slowest(&results), ms(grpc::DEADLINE)),
+            format!("only {ok} of {} calls answered without any fault", results.len()),
+        );
+        Ok(())
+    }
+
+    async fn grpc_drop(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
+        let attack = Attack::GrpcDrop;
+        header(7, &attack.title());
+        self.warm(greeter).await?;
+        let (results, c) = self.under_attack(attack, async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await?;
+        grpc::show(&results);
+        row("packets dropped by pygocentrus", c.dropped);
+        let failed = failed_with(&results, &[Code::DeadlineExceeded, Code::Unavailable]);
+        self.verdict(
+            "gRPC drop",
+            failed == results.len() && c.dropped > 0,
+            "every call fails with DEADLINE_EXCEEDED or UNAVAILABLE, as on a dead link: \
+             the client dialed the server's own address all along"
+                .to_owned(),
+            format!("{failed} of {} calls failed that way; pygocentrus dropped {}", results.len(), c.dropped),
+        );
+        Ok(())
+    }
+
+    async fn grpc_reset(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
+        let attack = Attack::GrpcReset;
+        header(8, &attack.title());
+        self.warm(greeter).await?;
+        let (results, c) = self.under_attack(attack, async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await?;
+        grpc::show(&results);
+        row("resets made by pygocentrus", c.reset);
+        // The open connection's reset reaches tonic as an HTTP/2 connection
+        // error, which it reports as UNKNOWN; the reconnections are refused.
+        let failed = failed_with(&results, &[Code::Unknown, Code::Unavailable]);
+        self.verdict(
+            "gRPC reset",
+            failed == results.len() && c.reset > 0,
+            format!(
+                "every call fails fast: the open connection is reset (UNKNOWN: connection reset), \
+                 new ones are refused (UNAVAILABLE), the slowest in {}",
+                slowest(&results)
+            ),
+            format!(
+                "{failed} of {} calls failed with UNKNOWN or UNAVAILABLE; pygocentrus made {} resets",
+                results.len(),
+                c.reset
+            ),
+        );
+        Ok(())
+    }
+
+    async fn grpc_delay(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
+        let attack = Attack::GrpcDelay;
+        header(9, &attack.title());
+        self.warm(greeter).await?;
+        let (results, c) = match self.under_attack(attack, async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await {
+            Err(e) if e.downcast_ref::<UsageError>().is_some_and(|u| matches!(u, UsageError::Qdisc(_))) => {
+                println!("      skipped: {e}");
+                self.skipped.push("gRPC delay");
+                return Ok(());
+            }
+            other => other?,
+        };
+        grpc::show(&results);
+        row("packets delayed by pygocentrus", c.delayed);
+        // Request and answer each wait GRPC_DELAY, at least: departure
+        // times are never early.
+        let floor = GRPC_DELAY * 2;
+        let slow = results.iter().filter(|r| r.is_ok() && r.latency >= floor).count();
+        self.verdict(
+            "gRPC delay",
+            slow == results.len() && c.delayed > 0,
+            format!("every call answers, each after at least {} (request and answer each wait)", ms(floor)),
+            format!("{slow} of {} calls answered after {} or more", results.len(), ms(floor)),
+        );
+        Ok(())
+    }
+
+    /// Makes sure A's channel is connected and B answers, before a phase:
+    /// a previous attack may have broken the connection.
+    async fn warm(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
+        let mut greeter = greeter.clone();
+        self.unless_stopped(async move { grpc::wait_serving(&mut greeter, Duration::from_secs(10)).await }).await
     }
 
     async fn baseline(&mut self) -> Result<()> {
@@ -350,6 +478,16 @@ fn sample(sent: &[u8], got: &[u8]) {
     println!("          received  \"{}\"", got.escape_ascii());
 }
 
+/// How many of `results` failed with one of `codes`.
+fn failed_with(results: &[grpc_hello::CallResult], codes: &[Code]) -> usize {
+    results.iter().filter(|r| codes.contains(&r.code)).count()
+}
+
+/// The longest call of `results`.
+fn slowest(results: &[grpc_hello::CallResult]) -> String {
+    ms(results.iter().map(|r| r.latency).max().unwrap_or_default())
+}
+
 fn list(outcomes: &[(TcpOutcome, Duration)]) -> String {
     outcomes.iter().map(|(o, _)| o.to_string()).collect::<Vec<_>>().join(", ")
 }
@@ -386,7 +524,15 @@ mod tests {
 
     #[test]
     fn attacks_are_valid_command_lines() {
-        for attack in [Attack::Drop, Attack::Reset, Attack::CorruptPayload, Attack::Corrupt] {
+        for attack in [
+            Attack::Drop,
+            Attack::Reset,
+            Attack::CorruptPayload,
+            Attack::Corrupt,
+            Attack::GrpcDrop,
+            Attack::GrpcReset,
+            Attack::GrpcDelay,
+        ] {
             for hook in [HookMode::Auto, HookMode::Netlink] {
                 let (line, args) = attack.command(hook).unwrap();
                 RuleSpec::from_attach(&args).unwrap();

@@ -49,6 +49,11 @@ impl Netns {
         Ok(Entered { home, _not_send: PhantomData })
     }
 
+    /// Another handle on the same namespace.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { fd: self.fd.try_clone()? })
+    }
+
     /// Runs `f`, which must not await, with the calling thread in this
     /// namespace: `ns.run(|| UdpSocket::bind(addr))`.
     pub fn run<T, E: From<io::Error>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {

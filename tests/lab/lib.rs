@@ -53,6 +53,40 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// Runs `cmd` with its output captured; panics if it is still running
+/// after `deadline` (it is killed first). Its output is read while it
+/// runs, so a talkative program cannot block on a full pipe.
+pub fn output_within(cmd: &mut std::process::Command, deadline: std::time::Duration) -> std::process::Output {
+    use std::{io::Read as _, process::Stdio};
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {deadline:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let joined = |t: std::thread::JoinHandle<Vec<u8>>| t.join().unwrap_or_default();
+    std::process::Output { status, stdout: joined(stdout), stderr: joined(stderr) }
+}
+
 /// Whether this kernel has TCX (6.6+). Tests of the TCX path say they are
 /// skipped where it does not, and the netlink path is tested there instead.
 pub fn kernel_has_tcx() -> bool {

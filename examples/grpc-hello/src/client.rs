@@ -2,14 +2,19 @@
 //! code, the way an application sees them.
 
 use std::{
-    fmt,
+    fmt, io,
     io::Write,
-    net::Ipv6Addr,
+    net::{Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use example_support::{Env, SettingError, Tally, millis, shown};
-use tonic::{Code, Request, transport::Channel};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpSocket;
+use tonic::{
+    Code, Request,
+    transport::{Channel, Uri},
+};
 
 use crate::{DEFAULT_PORT, proto::HelloRequest, proto::greeter_client::GreeterClient};
 
@@ -120,6 +125,27 @@ impl Greeter {
             .connect_timeout(deadline)
             .tcp_nodelay(true)
             .connect_lazy();
+        Ok(Self { client: GreeterClient::new(channel), deadline })
+    }
+
+    /// A client of `server` whose TCP connections use the sockets `socket`
+    /// makes, unconnected: e.g. sockets made in another network namespace,
+    /// where they stay whichever thread connects them.
+    pub fn with_sockets<F>(server: SocketAddr, deadline: Duration, socket: F) -> Result<Self, BadAddress>
+    where
+        F: Fn() -> io::Result<TcpSocket> + Clone + Send + 'static,
+    {
+        let uri = format!("http://{server}");
+        let endpoint = Channel::from_shared(uri.clone()).map_err(|source| BadAddress { uri, source })?;
+        let connector = tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let socket = socket()?;
+                socket.set_nodelay(true)?;
+                Ok::<_, io::Error>(TokioIo::new(socket.connect(server).await?))
+            }
+        });
+        let channel = endpoint.connect_with_connector_lazy(connector);
         Ok(Self { client: GreeterClient::new(channel), deadline })
     }
 

@@ -14,6 +14,8 @@ pub mod server;
 
 pub use client::{BadAddress, CallResult, ClientSettings, Greeter, RunError, code_name, run_calls, say_hello};
 pub use server::{DEFAULT_PORT, serve};
+/// The status codes calls end with.
+pub use tonic::Code;
 
 /// The messages and service stubs generated from `proto/helloworld.proto`.
 pub mod proto {

@@ -18,7 +18,7 @@
 use std::{process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
-use pygocentrus_tests::{Lab, UdpFlow, args, require_fq, seq_of};
+use pygocentrus_tests::{Lab, UdpFlow, args, output_within, require_fq, seq_of};
 use serde_json::Value;
 
 use crate::{PORT, rule};
@@ -152,26 +152,6 @@ fn jitter_reorders_a_flow_and_keep_order_does_not() {
 /// stalled (a rate queue without bound stalled TCP for minutes).
 const IPERF_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Runs `cmd` with its output captured; panics if it is still running
-/// after `deadline` (it is killed first).
-fn run_within(cmd: &mut Command, deadline: Duration) -> std::process::Output {
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let start = std::time::Instant::now();
-    while child.try_wait().expect("waiting for a child").is_none() {
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} still ran after {deadline:?}: the transfer stalled");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("collecting a child's output")
-}
-
 /// One iperf3 TCP measurement (5 s, the first second omitted) from `client`
 /// to a one-off server in `server`: the rate the server received, in bit/s,
 /// or why there is none.
@@ -184,7 +164,7 @@ fn iperf_received(client: &str, server: &str, server_ip: &str, port: u16) -> Res
     // The server listens within milliseconds; the client retries briefly.
     let mut report = None;
     for _ in 0..50 {
-        let out = run_within(
+        let out = output_within(
             Command::new("ip").args(["netns", "exec", client, "iperf3", "--json", "--client", server_ip]).args([
                 "--port",
                 &port.to_string(),

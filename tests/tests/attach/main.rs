@@ -12,6 +12,7 @@
 mod burst;
 mod corrupt;
 mod delay;
+mod demo;
 mod drop;
 mod endpoint;
 mod lifecycle;
