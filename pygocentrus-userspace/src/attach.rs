@@ -22,7 +22,7 @@ use crate::{
     engine::Engine,
     guard::Guard,
     hooks::{self, Hooks, Method},
-    netlink::{Link, LinkEvent, Netlink, link_events},
+    netlink::{FqParams, Link, LinkEvent, Netlink, link_events},
     plan::{Plan, RuleSpec, UsageError, endpoint_label},
     privileges,
     signals::Signals,
@@ -39,21 +39,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     // Subscribe before listing ports or veths (and note the time Docker's
     // events are replayed from), so that a change in between is not missed.
     let mut events = link_events()?;
-    let since = SystemTime::now();
-    let (target, mut docker_events) = match Endpoint::resolve(&args, &nl).await? {
-        Some((endpoint, links)) => {
-            let docker_events = endpoint.docker_events(since);
-            (Target::Endpoint(endpoint, links), docker_events)
-        }
-        None => {
-            let name = args.iface.clone().unwrap_or_default();
-            (Target::Iface(nl.link(&name).await?.ok_or(UsageError::UnknownInterface(name))?), None)
-        }
-    };
-    for name in hooks::clean_leftovers(&nl).await? {
-        eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
-    }
-
+    let (target, mut docker_events) = resolve_target(&args, &nl).await?;
     let mut attachment = Attachment::start(plan, nl, target, Method::resolve(args.hook)?).await?;
     eprintln!("attached to {attachment}");
 
@@ -92,6 +78,32 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     result
 }
 
+/// What `--iface`, `--container` or `--netns` names, with Docker's events
+/// for a container; also removes what a killed earlier run left behind.
+/// Subscribe to link events before calling this, so that a change in
+/// between is not missed.
+pub async fn resolve_target(
+    args: &AttachArgs,
+    nl: &Netlink,
+) -> Result<(Target, Option<UnboundedReceiver<DockerEvent>>)> {
+    // Note the time Docker's events are replayed from before looking.
+    let since = SystemTime::now();
+    let resolved = match Endpoint::resolve(args, nl).await? {
+        Some((endpoint, links)) => {
+            let docker_events = endpoint.docker_events(since);
+            (Target::Endpoint(endpoint, links), docker_events)
+        }
+        None => {
+            let name = args.iface.clone().unwrap_or_default();
+            (Target::Iface(nl.link(&name).await?.ok_or(UsageError::UnknownInterface(name))?), None)
+        }
+    };
+    for name in hooks::clean_leftovers(nl).await? {
+        eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
+    }
+    Ok(resolved)
+}
+
 /// The rules of the run: from `--config` or from the flags.
 pub fn plan_of(args: &AttachArgs) -> Result<Plan, UsageError> {
     let plan = match &args.config {
@@ -108,7 +120,7 @@ pub fn plan_of(args: &AttachArgs) -> Result<Plan, UsageError> {
 }
 
 /// The next item of an optional stream; never, without one.
-async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
+pub async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.next().await,
         None => std::future::pending().await,
@@ -161,6 +173,19 @@ impl Attachment {
     /// Loads the classifier with `plan` and hooks it onto `target`. On
     /// failure, whatever was hooked is taken off again.
     pub async fn start(plan: Plan, nl: Netlink, target: Target, method: Method) -> Result<Self> {
+        let fq = plan.fq_params();
+        Self::start_with_fq(plan, nl, target, method, fq).await
+    }
+
+    /// [`Attachment::start`], with `fq` on every port whatever the plan:
+    /// `serve` needs it in place for delays and rates set later.
+    pub async fn start_with_fq(
+        plan: Plan,
+        nl: Netlink,
+        target: Target,
+        method: Method,
+        fq: Option<FqParams>,
+    ) -> Result<Self> {
         let contents = plan.map_contents()?;
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
@@ -173,7 +198,7 @@ impl Attachment {
             Target::Iface(link) => (Scope::Device(link.clone()), vec![link]),
             Target::Endpoint(endpoint, links) => (Scope::Endpoint { endpoint, waiting: None }, links),
         };
-        let hooks = Hooks::new(method, plan.fq_params());
+        let hooks = Hooks::new(method, fq);
         let guard = if hooks.leaves_state() { Some(Guard::spawn()?) } else { None };
         let mut this = Self { plan, engine, hooks, nl, scope, _guard: guard };
         for link in &links {
@@ -183,6 +208,33 @@ impl Attachment {
             }
         }
         Ok(this)
+    }
+
+    /// The rules at work.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Whether the hooked ports have `fq`, which delays and rates need.
+    pub fn has_fq(&self) -> bool {
+        self.hooks.has_fq()
+    }
+
+    /// Puts `plan` to work in place of the current one, through the maps
+    /// alone: no hook is touched, no connection notices anything but the
+    /// faults. Refused (and nothing changed) if the plan is invalid, or
+    /// needs `fq` that the ports do not have.
+    pub fn update(&mut self, plan: Plan) -> Result<(), UsageError> {
+        let new = plan.map_contents()?;
+        if plan.fq_params().is_some() && !self.has_fq() {
+            return Err(UsageError::Kernel(
+                "delay and rate need the fq qdisc on the hooked ports, and this kernel has no sch_fq (modprobe sch_fq, then restart serve)".to_owned(),
+            ));
+        }
+        let old = self.plan.map_contents()?;
+        self.engine.replace(&old, &new).map_err(|e| UsageError::Kernel(format!("updating the maps: {e}")))?;
+        self.plan = plan;
+        Ok(())
     }
 
     /// The interface or endpoint, as messages name it.
@@ -198,7 +250,7 @@ impl Attachment {
         Ok(self.engine.counters()?)
     }
 
-    fn report(&self, elapsed: Duration, json: bool, event: &str) -> Result<()> {
+    pub fn report(&self, elapsed: Duration, json: bool, event: &str) -> Result<()> {
         let slots = self.counters()?;
         let snap = Snapshot { elapsed, slots: &slots, rules: &self.plan.rules };
         if json {

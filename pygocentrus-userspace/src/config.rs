@@ -161,6 +161,48 @@ pub mod de {
     }
 }
 
+/// Serializers for [`RuleArgs`] as JSON (`pygocentrus set` sends a rule to
+/// `serve`): each value as text its parser reads back exactly.
+pub mod ser {
+    use std::{fmt::Display, time::Duration};
+
+    use serde::Serializer;
+
+    use crate::{plan::GeSpec, units::Percent, units::Rate};
+
+    fn text<S: Serializer>(s: S, v: Option<String>) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn display<S: Serializer, T: Display>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        text(s, v.as_ref().map(ToString::to_string))
+    }
+
+    pub fn percent<S: Serializer>(v: &Option<Percent>, s: S) -> Result<S::Ok, S::Error> {
+        text(s, v.map(|p| p.value().to_string()))
+    }
+
+    pub fn duration<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        text(s, v.map(|d| format!("{}ns", d.as_nanos())))
+    }
+
+    pub fn rate<S: Serializer>(v: &Option<Rate>, s: S) -> Result<S::Ok, S::Error> {
+        text(s, v.map(|r| format!("{}bps", r.0)))
+    }
+
+    pub fn loss_model<S: Serializer>(v: &Option<GeSpec>, s: S) -> Result<S::Ok, S::Error> {
+        text(
+            s,
+            v.map(|g| {
+                format!("gemodel:{},{},{},{}", g.p.value(), g.r.value(), g.loss_bad.value(), g.loss_good.value())
+            }),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +276,18 @@ mod tests {
         );
         assert!(plan("[[rule]]\nport = 1\ndrop = 1\n[[rule]]\ndrop = 5\n").starts_with("config: rule 2: refusing"));
         assert!(plan("[[rule]]\nport = 1\ndrop = 1\n[[rule]]\nport = 1\nreset = 5\n").starts_with("rules 1 and 2"));
+    }
+
+    #[test]
+    fn rules_go_through_json_unchanged() {
+        let cfg = ConfigFile::parse(
+            "[[rule]]\nip = \"198.18.0.0/24\"\nport = 1\nproto = \"tcp\"\ndrop = 2.5\ndelay = \"1.5ms\"\njitter = \"250us\"\n\
+             distribution = \"normal\"\nkeep-order = true\nrate = \"5mbit\"\nloss-model = \"gemodel:2,20\"\nseed = 3\n",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&cfg.rule[0]).unwrap();
+        let back: RuleArgs = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cfg.rule[0], "{json}");
     }
 
     #[test]

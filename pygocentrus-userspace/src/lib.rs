@@ -8,8 +8,10 @@
 //! `endpoint` (with `docker`) finds the veths of `--container` and
 //! `--netns`; `demo` builds a lab in network namespaces and runs it there.
 
+pub mod api;
 pub mod attach;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod dist;
@@ -22,8 +24,10 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod privileges;
+pub mod serve;
 pub mod signals;
 pub mod stats;
+pub mod toxi;
 pub mod units;
 
 pub use plan::UsageError;

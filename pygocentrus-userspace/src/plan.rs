@@ -66,6 +66,9 @@ pub enum UsageError {
     Config(String),
     #[error("give the rule either as flags or in --config, not both")]
     ConfigAndFlags,
+    /// The API address or token cannot be used.
+    #[error("{0}")]
+    Api(String),
 }
 
 /// The faults of a rule.
@@ -123,7 +126,7 @@ fn on(p: Option<Percent>) -> bool {
 }
 
 impl Faults {
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate].into_iter().any(on)
             || self.loss_model.is_some()
             || self.rate.is_some()
@@ -218,7 +221,7 @@ impl RuleSpec {
         Ok(spec)
     }
 
-    fn validate(&self, all: bool) -> Result<(), UsageError> {
+    pub(crate) fn validate(&self, all: bool) -> Result<(), UsageError> {
         if !self.faults.any() {
             return Err(UsageError::NoFault);
         }

@@ -11,6 +11,7 @@
 //! Traffic stays between these namespaces, on 198.18.0.0/24 and fd00::/64.
 
 mod counters;
+mod http;
 mod netns;
 mod tool;
 mod traffic;
@@ -18,6 +19,7 @@ mod traffic;
 use std::path::PathBuf;
 
 pub use counters::NetCounters;
+pub use http::{Reply, http};
 pub use netns::{BRIDGE, Container, Lab, PortHooks, hooks_in, in_netns, netns_path};
 pub use tool::{Outcome, TOOL_TIMEOUT, Tool};
 pub use traffic::{Exchange, UdpFlow, payload, seq_of, tcp_connect, tcp_listener};

@@ -17,6 +17,7 @@ mod drop;
 mod endpoint;
 mod lifecycle;
 mod reset;
+mod serve;
 mod usage;
 
 use std::net::IpAddr;
