@@ -368,6 +368,9 @@ async fn reset(AxState(s): AxState<Shared>) -> ApiResult {
 
 async fn set_rule(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
     let args: RuleArgs = body(&bytes)?;
+    if args.flap.is_some() {
+        return Err(ApiError::bad("flap is for config files: set the rule again to change it"));
+    }
     let shown = s
         .change(|st| {
             let spec = RuleSpec::from_args(&args, st.endpoint.clone()).map_err(|e| ApiError::bad(e.to_string()))?;

@@ -25,13 +25,14 @@ use crate::{
     netlink::{FqParams, Link, LinkEvent, Netlink, link_events},
     plan::{Plan, RuleSpec, UsageError, endpoint_label},
     privileges,
+    schedule::Schedule,
     signals::Signals,
     stats::Snapshot,
 };
 
 pub async fn run(args: AttachArgs) -> Result<()> {
     // Everything that can be refused is refused before anything is touched.
-    let plan = plan_of(&args)?;
+    let schedule = schedule_of(&args)?;
     privileges::check()?;
     let mut signals = Signals::install()?;
 
@@ -40,11 +41,19 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     // events are replayed from), so that a change in between is not missed.
     let mut events = link_events()?;
     let (target, mut docker_events) = resolve_target(&args, &nl).await?;
-    let mut attachment = Attachment::start(plan, nl, target, Method::resolve(args.hook)?).await?;
+    let (plan, phase) = schedule.plan_at(Duration::ZERO);
+    let method = Method::resolve(args.hook)?;
+    let mut attachment = Attachment::start_with_fq(plan, nl, target, method, schedule.fq_params()).await?;
     eprintln!("attached to {attachment}");
 
     let result = async {
         let start = Instant::now();
+        let mut last_phase = None;
+        if schedule.is_dynamic() {
+            announce(&schedule, phase, &attachment, args.json, Duration::ZERO);
+            last_phase = phase;
+        }
+        let mut next_change = schedule.next_change(Duration::ZERO);
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
         loop {
@@ -52,6 +61,18 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 _ = signals.recv() => break,
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
                 _ = tick.tick() => attachment.report(start.elapsed(), args.json, "counters")?,
+                _ = async { tokio::time::sleep_until(tokio::time::Instant::from_std(start + next_change.unwrap_or_default())).await }, if next_change.is_some() => {
+                    let t = start.elapsed();
+                    let (plan, phase) = schedule.plan_at(t);
+                    if plan != *attachment.plan() {
+                        attachment.update(plan)?;
+                        if phase != last_phase || phase.is_none() {
+                            announce(&schedule, phase, &attachment, args.json, t);
+                        }
+                    }
+                    last_phase = phase;
+                    next_change = schedule.next_change(t);
+                }
                 event = events.next() => {
                     let Some(event) = event else { anyhow::bail!("the netlink event stream ended") };
                     if attachment.on_link_event(event).await?.is_break() {
@@ -104,7 +125,40 @@ pub async fn resolve_target(
     Ok(resolved)
 }
 
-/// The rules of the run: from `--config` or from the flags.
+/// Says which phase of the schedule began, and what is in force now.
+fn announce(schedule: &Schedule, phase: Option<usize>, attachment: &Attachment, json: bool, t: Duration) {
+    let name = phase.map_or("no phase", |i| schedule.phases[i].name.as_str());
+    let rules: Vec<String> = attachment.plan().rules.iter().map(ToString::to_string).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "phase", "elapsed_s": t.as_secs_f64(), "phase": name, "rules": rules})
+        );
+    } else {
+        let what = if rules.is_empty() { "no rule in force".to_owned() } else { rules.join("; ") };
+        eprintln!("pygocentrus: {:.1}s {name}: {what}", t.as_secs_f64());
+    }
+}
+
+/// The rules of the run and how they change: from `--config` or from the
+/// flags (which never change).
+pub fn schedule_of(args: &AttachArgs) -> Result<Schedule, UsageError> {
+    match &args.config {
+        Some(path) => {
+            if args.rule != RuleArgs::default() {
+                return Err(UsageError::ConfigAndFlags);
+            }
+            ConfigFile::load(path)?.schedule(endpoint_label(args).as_deref())
+        }
+        None => {
+            let plan = Plan { rules: vec![RuleSpec::from_attach(args)?] };
+            plan.map_contents()?;
+            Ok(Schedule::fixed(plan))
+        }
+    }
+}
+
+/// The rules of the run, for `serve`: from `--config` or from the flags.
 pub fn plan_of(args: &AttachArgs) -> Result<Plan, UsageError> {
     let plan = match &args.config {
         Some(path) => {

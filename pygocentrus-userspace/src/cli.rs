@@ -263,6 +263,20 @@ pub struct RuleArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
+
+    /// A named behavior (Vaurien's): blackout (every packet vanishes),
+    /// hang (what the target sends vanishes: direction from unless given;
+    /// connections stay open and wait), error (TCP resets), delay (--delay,
+    /// 1s if not given), dummy (matched and counted, nothing done).
+    #[arg(long, value_enum, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<Behavior>,
+
+    /// Config file only: the rule flaps, in force for `on`, then off for
+    /// `off`, and again (`flap = { on = "2s", off = "3s" }`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flap: Option<Flap>,
 }
 
 impl AttachArgs {
@@ -406,6 +420,27 @@ pub enum Direction {
     To,
     /// Packets sent by the target.
     From,
+}
+
+/// Vaurien's named behaviors (see `RuleArgs::behavior`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Behavior {
+    Blackout,
+    Hang,
+    Error,
+    Delay,
+    Dummy,
+}
+
+/// A rule that comes and goes: in force for `on`, then not for `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flap {
+    #[serde(deserialize_with = "de::required_duration", serialize_with = "ser::required_duration")]
+    pub on: Duration,
+    #[serde(deserialize_with = "de::required_duration", serialize_with = "ser::required_duration")]
+    pub off: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]

@@ -25,14 +25,34 @@ use serde::Deserialize;
 use crate::{
     cli::RuleArgs,
     plan::{Plan, RuleSpec, UsageError},
+    schedule::{Phase, Schedule},
 };
 
 /// A config file as written. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// `[[rule]]` tables, in order: rule `i` gets id `i + 1` and its own
-    /// counters.
+    /// `[[rule]]` tables: in force all the time (unless one flaps).
+    #[serde(default)]
+    pub rule: Vec<RuleArgs>,
+    /// `[[phase]]` tables: a schedule, each phase's rules in force for its
+    /// duration, one after the other.
+    #[serde(default)]
+    pub phase: Vec<PhaseArgs>,
+    /// Start the phases again after the last one (otherwise only the
+    /// `[[rule]]`s stay).
+    #[serde(default)]
+    pub repeat: bool,
+}
+
+/// One `[[phase]]`: a name for messages, how long, and its rules
+/// (`[[phase.rule]]`; none is a phase of normal traffic).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseArgs {
+    pub name: Option<String>,
+    #[serde(deserialize_with = "de::required_duration")]
+    pub duration: std::time::Duration,
     #[serde(default)]
     pub rule: Vec<RuleArgs>,
 }
@@ -57,24 +77,65 @@ impl ConfigFile {
         })
     }
 
-    /// The validated rules, each on `endpoint` if the scope is one
-    /// (`--container`, `--netns`).
-    pub fn plan(&self, endpoint: Option<&str>) -> Result<Plan, UsageError> {
-        if self.rule.is_empty() {
-            return Err(UsageError::Config("no [[rule]] in the config file".to_owned()));
+    /// The validated rules and schedule, each rule on `endpoint` if the
+    /// scope is one (`--container`, `--netns`). Every moment of the
+    /// schedule is checked (no overlap, not too many rules) before anything
+    /// is attached.
+    pub fn schedule(&self, endpoint: Option<&str>) -> Result<Schedule, UsageError> {
+        if self.rule.is_empty() && self.phase.is_empty() {
+            return Err(UsageError::Config("no [[rule]] or [[phase]] in the config file".to_owned()));
         }
-        let rules = self
-            .rule
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                RuleSpec::from_args(r, endpoint.map(str::to_owned))
-                    .map_err(|e| UsageError::Config(format!("rule {}: {e}", i + 1)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let plan = Plan { rules };
-        plan.map_contents()?;
-        Ok(plan)
+        if self.repeat && self.phase.is_empty() {
+            return Err(UsageError::Config("repeat needs [[phase]]s".to_owned()));
+        }
+        let spec = |r: &RuleArgs, what: String| {
+            RuleSpec::from_args(r, endpoint.map(str::to_owned)).map_err(|e| UsageError::Config(format!("{what}: {e}")))
+        };
+        let mut fixed = Vec::new();
+        let mut flaps = Vec::new();
+        for (i, r) in self.rule.iter().enumerate() {
+            let s = spec(r, format!("rule {}", i + 1))?;
+            match r.flap {
+                Some(f) if f.on.is_zero() || f.off.is_zero() => {
+                    return Err(UsageError::Config(format!("rule {}: flap needs on and off above 0", i + 1)));
+                }
+                Some(f) => flaps.push((s, f)),
+                None => fixed.push(s),
+            }
+        }
+        let mut phases = Vec::new();
+        for (i, p) in self.phase.iter().enumerate() {
+            let label = p.name.clone().unwrap_or_else(|| format!("phase {}", i + 1));
+            if p.duration.is_zero() {
+                return Err(UsageError::Config(format!("{label}: a phase needs a duration above 0")));
+            }
+            let rules = p
+                .rule
+                .iter()
+                .enumerate()
+                .map(|(j, r)| {
+                    if r.flap.is_some() {
+                        return Err(UsageError::Config(format!("{label} rule {}: flap only in [[rule]]", j + 1)));
+                    }
+                    spec(r, format!("{label} rule {}", j + 1))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            phases.push(Phase { name: label, duration: p.duration, rules });
+        }
+        let schedule = Schedule { fixed, flaps, phases, repeat: self.repeat };
+        schedule.check()?;
+        Ok(schedule)
+    }
+
+    /// The rules, for a file without a schedule.
+    pub fn plan(&self, endpoint: Option<&str>) -> Result<Plan, UsageError> {
+        let schedule = self.schedule(endpoint)?;
+        if schedule.is_dynamic() {
+            return Err(UsageError::Config(
+                "[[phase]] and flap are for attach: serve takes its changes from its API".to_owned(),
+            ));
+        }
+        Ok(schedule.plan_at(std::time::Duration::ZERO).0)
     }
 }
 
@@ -148,6 +209,10 @@ pub mod de {
         text(d, parse_loss_model, "a loss model: \"gemodel:P[,R[,1-H[,1-K]]]\"")
     }
 
+    pub fn required_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        duration(d)?.ok_or_else(|| serde::de::Error::custom("a duration is required"))
+    }
+
     pub fn ipnet<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpNet>, D::Error> {
         text(d, parse_ipnet, "an address or prefix: \"198.18.0.2\", \"198.18.0.0/24\", \"fd00::2\"")
     }
@@ -187,6 +252,10 @@ pub mod ser {
 
     pub fn duration<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         text(s, v.map(|d| format!("{}ns", d.as_nanos())))
+    }
+
+    pub fn required_duration<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ns", v.as_nanos()))
     }
 
     pub fn rate<S: Serializer>(v: &Option<Rate>, s: S) -> Result<S::Ok, S::Error> {
@@ -269,13 +338,13 @@ mod tests {
     #[test]
     fn rules_are_validated_like_flags() {
         let plan = |text: &str| ConfigFile::parse(text).unwrap().plan(None).map(|_| ()).unwrap_err().to_string();
-        assert_eq!(plan(""), "config: no [[rule]] in the config file");
+        assert_eq!(plan(""), "config: no [[rule]] or [[phase]] in the config file");
         assert_eq!(
             plan("[[rule]]\nport = 1\n"),
             "config: rule 1: no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate or --loss-model"
         );
         assert!(plan("[[rule]]\nport = 1\ndrop = 1\n[[rule]]\ndrop = 5\n").starts_with("config: rule 2: refusing"));
-        assert!(plan("[[rule]]\nport = 1\ndrop = 1\n[[rule]]\nport = 1\nreset = 5\n").starts_with("rules 1 and 2"));
+        assert!(plan("[[rule]]\nport = 1\ndrop = 1\n[[rule]]\nport = 1\nreset = 5\n").contains("rules 1 and 2"));
     }
 
     #[test]

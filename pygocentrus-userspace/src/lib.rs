@@ -24,6 +24,7 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod privileges;
+pub mod schedule;
 pub mod serve;
 pub mod signals;
 pub mod stats;

@@ -12,7 +12,7 @@ use pygocentrus_common::{
 use thiserror::Error;
 
 use crate::{
-    cli::{AttachArgs, Direction, Distribution, Proto, RuleArgs},
+    cli::{AttachArgs, Behavior, Direction, Distribution, Proto, RuleArgs},
     netlink::FqParams,
     units::{Percent, Rate, parse_percent},
 };
@@ -66,6 +66,8 @@ pub enum UsageError {
     Config(String),
     #[error("give the rule either as flags or in --config, not both")]
     ConfigAndFlags,
+    #[error("{0}")]
+    Behavior(String),
     /// The API address or token cannot be used.
     #[error("{0}")]
     Api(String),
@@ -199,6 +201,7 @@ impl RuleSpec {
     /// The rule of `r` (flags or a config file's `[[rule]]`), on `endpoint`
     /// if the scope is one.
     pub fn from_args(r: &RuleArgs, endpoint: Option<String>) -> Result<Self, UsageError> {
+        let r = &with_behavior(r)?;
         let spec = Self {
             ip: r.ip,
             port: r.port,
@@ -217,6 +220,16 @@ impl RuleSpec {
             },
             seed: r.seed,
         };
+        if r.behavior == Some(Behavior::Dummy) {
+            if spec.faults.any() {
+                return Err(UsageError::Behavior("dummy does nothing: leave out the faults".to_owned()));
+            }
+            // Matched and counted, nothing done: the target is still checked.
+            let mut check = spec.clone();
+            check.faults.drop = Some(Percent::ALWAYS);
+            check.validate(r.all)?;
+            return Ok(spec);
+        }
         spec.validate(r.all)?;
         Ok(spec)
     }
@@ -288,6 +301,43 @@ impl RuleSpec {
         };
         sides.iter().flat_map(move |s| classes.iter().map(move |c| TargetValue::index(*s, *c)))
     }
+}
+
+/// The rule with its behavior's faults filled in. A behavior sets its
+/// fault; giving that fault as well is refused (which one would win?).
+fn with_behavior(r: &RuleArgs) -> Result<RuleArgs, UsageError> {
+    let mut r = r.clone();
+    let Some(b) = r.behavior else { return Ok(r) };
+    let name = format!("{b:?}").to_lowercase();
+    let taken = |given: bool, fault: &str| {
+        if given {
+            Err(UsageError::Behavior(format!("behavior {name} sets --{fault} itself: leave it out")))
+        } else {
+            Ok(())
+        }
+    };
+    match b {
+        Behavior::Blackout => {
+            taken(r.drop.is_some(), "drop")?;
+            r.drop = Some(Percent::ALWAYS);
+        }
+        Behavior::Hang => {
+            taken(r.drop.is_some(), "drop")?;
+            r.drop = Some(Percent::ALWAYS);
+            if r.direction == Direction::Both {
+                r.direction = Direction::From;
+            }
+        }
+        Behavior::Error => {
+            taken(r.reset.is_some(), "reset")?;
+            r.reset = Some(Percent::ALWAYS);
+        }
+        Behavior::Delay => {
+            r.delay = Some(r.delay.unwrap_or(Duration::from_secs(1)));
+        }
+        Behavior::Dummy => {}
+    }
+    Ok(r)
 }
 
 /// How messages name the endpoint of `--container` or `--netns`, if given.

@@ -1,6 +1,8 @@
 //! --config: several rules from a TOML file, each with its own target,
 //! faults and counters; bad files refused like bad flags.
 
+use std::time::Duration;
+
 use pygocentrus_tests::{BRIDGE, Lab, TempFile, UdpFlow, args};
 
 use crate::{OTHER_PORT, PORT, usage::assert_refused};
@@ -42,7 +44,7 @@ fn a_config_file_attaches_several_rules_each_with_its_own_counters() {
     );
     let tool = lab.attach(&args!["--iface", BRIDGE, "--config", config.path(), "--json"]);
     assert!(
-        tool.wait_stderr("attached", std::time::Duration::ZERO).is_some_and(|l| l.contains("; udp from")),
+        tool.wait_stderr("attached", Duration::ZERO).is_some_and(|l| l.contains("; udp from")),
         "the attach line does not list both rules: {:?}",
         tool.stderr()
     );
@@ -82,4 +84,75 @@ fn bad_config_files_are_refused_in_one_line_with_status_2() {
     let file = TempFile::new("cfgbad", "[[rule]]\nport = 5000\ndrop = 5\n");
     let out = lab.run(&args!["--iface", BRIDGE, "--config", file.path(), "--port", PORT, "--drop", 5]);
     assert_refused(&lab, "flags and a file", &out);
+}
+
+#[test]
+fn a_scheduled_three_phase_attack_runs_from_the_file_alone() {
+    let (lab, client, server) = Lab::pair("cfgsched");
+    let to_server = UdpFlow::new(&client, 0, &server, PORT, false);
+    let from_server = to_server.reversed();
+    let config = TempFile::new(
+        "cfgsched",
+        &format!(
+            r#"
+            [[phase]]
+            name = "normal"
+            duration = "2s"
+
+            [[phase]]
+            name = "blackout"
+            duration = "2s"
+            [[phase.rule]]
+            ip = "{server}"
+            port = {PORT}
+            proto = "udp"
+            behavior = "blackout"
+
+            [[phase]]
+            name = "hang"
+            duration = "2s"
+            [[phase.rule]]
+            ip = "{server}"
+            port = {PORT}
+            proto = "udp"
+            behavior = "hang"
+            "#,
+            server = server.ip4,
+        ),
+    );
+    let tool = lab.attach(&args!["--iface", BRIDGE, "--config", config.path()]);
+    // Each phase is announced once its rules are in force; 2 s leaves room
+    // for the two exchanges (about 0.4 s each) within the phase.
+    let phase = |needle: &str| {
+        tool.wait_stderr(needle, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no '{needle}' announcement: {:?}", tool.stderr()));
+        (to_server.exchange(50).received(), from_server.exchange(50).received())
+    };
+    assert_eq!(phase(" normal: no rule in force"), (50, 50), "normal traffic was hit");
+    assert_eq!(phase(" blackout: udp to/from"), (0, 0), "traffic passed the blackout");
+    // hang: requests arrive, answers vanish.
+    assert_eq!(phase(" hang: udp from"), (50, 0), "hang did not blackhole exactly the answers");
+    // No repeat: after the last phase, nothing is in force.
+    assert_eq!(phase(" no phase: no rule in force"), (50, 50), "traffic was hit after the schedule");
+    tool.terminate();
+}
+
+#[test]
+fn a_flapping_rule_comes_and_goes() {
+    let (lab, client, server) = Lab::pair("cfgflap");
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let config = TempFile::new(
+        "cfgflap",
+        &format!(
+            "[[rule]]\nip = \"{}\"\nport = {PORT}\nproto = \"udp\"\nbehavior = \"blackout\"\nflap = {{ on = \"2s\", off = \"2s\" }}\n",
+            server.ip4
+        ),
+    );
+    let tool = lab.attach(&args!["--iface", BRIDGE, "--config", config.path()]);
+    let during_on = flow.exchange(50).received();
+    tool.wait_stderr("no phase: no rule in force", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the rule did not go: {:?}", tool.stderr()));
+    let during_off = flow.exchange(50).received();
+    let out = tool.terminate();
+    assert_eq!((during_on, during_off), (0, 50), "{out}");
 }
