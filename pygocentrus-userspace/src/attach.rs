@@ -15,23 +15,24 @@ use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
 use pygocentrus_common::Counters;
 
 use crate::{
-    cli::AttachArgs,
+    cli::{AttachArgs, RuleArgs},
+    config::ConfigFile,
     docker::DockerEvent,
     endpoint::{Endpoint, State},
     engine::Engine,
     guard::Guard,
     hooks::{self, Hooks, Method},
-    netlink::{Link, LinkEvent, Netlink, link_events},
-    plan::{Plan, RuleSpec, UsageError},
+    netlink::{FqParams, Link, LinkEvent, Netlink, link_events},
+    plan::{Plan, RuleSpec, UsageError, endpoint_label},
     privileges,
+    schedule::Schedule,
     signals::Signals,
     stats::Snapshot,
 };
 
 pub async fn run(args: AttachArgs) -> Result<()> {
     // Everything that can be refused is refused before anything is touched.
-    let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
-    plan.map_contents()?;
+    let schedule = schedule_of(&args)?;
     privileges::check()?;
     let mut signals = Signals::install()?;
 
@@ -39,26 +40,20 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     // Subscribe before listing ports or veths (and note the time Docker's
     // events are replayed from), so that a change in between is not missed.
     let mut events = link_events()?;
-    let since = SystemTime::now();
-    let (target, mut docker_events) = match Endpoint::resolve(&args, &nl).await? {
-        Some((endpoint, links)) => {
-            let docker_events = endpoint.docker_events(since);
-            (Target::Endpoint(endpoint, links), docker_events)
-        }
-        None => {
-            let name = args.iface.clone().unwrap_or_default();
-            (Target::Iface(nl.link(&name).await?.ok_or(UsageError::UnknownInterface(name))?), None)
-        }
-    };
-    for name in hooks::clean_leftovers(&nl).await? {
-        eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
-    }
-
-    let mut attachment = Attachment::start(plan, nl, target, Method::resolve(args.hook)?).await?;
+    let (target, mut docker_events) = resolve_target(&args, &nl).await?;
+    let (plan, phase) = schedule.plan_at(Duration::ZERO);
+    let method = Method::resolve(args.hook)?;
+    let mut attachment = Attachment::start_with_fq(plan, nl, target, method, schedule.fq_params()).await?;
     eprintln!("attached to {attachment}");
 
     let result = async {
         let start = Instant::now();
+        let mut last_phase = None;
+        if schedule.is_dynamic() {
+            announce(&schedule, phase, &attachment, args.json, Duration::ZERO);
+            last_phase = phase;
+        }
+        let mut next_change = schedule.next_change(Duration::ZERO);
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
         loop {
@@ -66,6 +61,18 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 _ = signals.recv() => break,
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
                 _ = tick.tick() => attachment.report(start.elapsed(), args.json, "counters")?,
+                _ = async { tokio::time::sleep_until(tokio::time::Instant::from_std(start + next_change.unwrap_or_default())).await }, if next_change.is_some() => {
+                    let t = start.elapsed();
+                    let (plan, phase) = schedule.plan_at(t);
+                    if plan != *attachment.plan() {
+                        attachment.update(plan)?;
+                        if phase != last_phase || phase.is_none() {
+                            announce(&schedule, phase, &attachment, args.json, t);
+                        }
+                    }
+                    last_phase = phase;
+                    next_change = schedule.next_change(t);
+                }
                 event = events.next() => {
                     let Some(event) = event else { anyhow::bail!("the netlink event stream ended") };
                     if attachment.on_link_event(event).await?.is_break() {
@@ -92,8 +99,82 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     result
 }
 
+/// What `--iface`, `--container` or `--netns` names, with Docker's events
+/// for a container; also removes what a killed earlier run left behind.
+/// Subscribe to link events before calling this, so that a change in
+/// between is not missed.
+pub async fn resolve_target(
+    args: &AttachArgs,
+    nl: &Netlink,
+) -> Result<(Target, Option<UnboundedReceiver<DockerEvent>>)> {
+    // Note the time Docker's events are replayed from before looking.
+    let since = SystemTime::now();
+    let resolved = match Endpoint::resolve(args, nl).await? {
+        Some((endpoint, links)) => {
+            let docker_events = endpoint.docker_events(since);
+            (Target::Endpoint(endpoint, links), docker_events)
+        }
+        None => {
+            let name = args.iface.clone().unwrap_or_default();
+            (Target::Iface(nl.link(&name).await?.ok_or(UsageError::UnknownInterface(name))?), None)
+        }
+    };
+    for name in hooks::clean_leftovers(nl).await? {
+        eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
+    }
+    Ok(resolved)
+}
+
+/// Says which phase of the schedule began, and what is in force now.
+fn announce(schedule: &Schedule, phase: Option<usize>, attachment: &Attachment, json: bool, t: Duration) {
+    let name = phase.map_or("no phase", |i| schedule.phases[i].name.as_str());
+    let rules: Vec<String> = attachment.plan().rules.iter().map(ToString::to_string).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "phase", "elapsed_s": t.as_secs_f64(), "phase": name, "rules": rules})
+        );
+    } else {
+        let what = if rules.is_empty() { "no rule in force".to_owned() } else { rules.join("; ") };
+        eprintln!("pygocentrus: {:.1}s {name}: {what}", t.as_secs_f64());
+    }
+}
+
+/// The rules of the run and how they change: from `--config` or from the
+/// flags (which never change).
+pub fn schedule_of(args: &AttachArgs) -> Result<Schedule, UsageError> {
+    match &args.config {
+        Some(path) => {
+            if args.rule != RuleArgs::default() {
+                return Err(UsageError::ConfigAndFlags);
+            }
+            ConfigFile::load(path)?.schedule(endpoint_label(args).as_deref())
+        }
+        None => {
+            let plan = Plan { rules: vec![RuleSpec::from_attach(args)?] };
+            plan.map_contents()?;
+            Ok(Schedule::fixed(plan))
+        }
+    }
+}
+
+/// The rules of the run, for `serve`: from `--config` or from the flags.
+pub fn plan_of(args: &AttachArgs) -> Result<Plan, UsageError> {
+    let plan = match &args.config {
+        Some(path) => {
+            if args.rule != RuleArgs::default() {
+                return Err(UsageError::ConfigAndFlags);
+            }
+            ConfigFile::load(path)?.plan(endpoint_label(args).as_deref())?
+        }
+        None => Plan { rules: vec![RuleSpec::from_attach(args)?] },
+    };
+    plan.map_contents()?;
+    Ok(plan)
+}
+
 /// The next item of an optional stream; never, without one.
-async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
+pub async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.next().await,
         None => std::future::pending().await,
@@ -146,6 +227,19 @@ impl Attachment {
     /// Loads the classifier with `plan` and hooks it onto `target`. On
     /// failure, whatever was hooked is taken off again.
     pub async fn start(plan: Plan, nl: Netlink, target: Target, method: Method) -> Result<Self> {
+        let fq = plan.fq_params();
+        Self::start_with_fq(plan, nl, target, method, fq).await
+    }
+
+    /// [`Attachment::start`], with `fq` on every port whatever the plan:
+    /// `serve` needs it in place for delays and rates set later.
+    pub async fn start_with_fq(
+        plan: Plan,
+        nl: Netlink,
+        target: Target,
+        method: Method,
+        fq: Option<FqParams>,
+    ) -> Result<Self> {
         let contents = plan.map_contents()?;
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
@@ -158,7 +252,7 @@ impl Attachment {
             Target::Iface(link) => (Scope::Device(link.clone()), vec![link]),
             Target::Endpoint(endpoint, links) => (Scope::Endpoint { endpoint, waiting: None }, links),
         };
-        let hooks = Hooks::new(method, plan.fq_params());
+        let hooks = Hooks::new(method, fq);
         let guard = if hooks.leaves_state() { Some(Guard::spawn()?) } else { None };
         let mut this = Self { plan, engine, hooks, nl, scope, _guard: guard };
         for link in &links {
@@ -168,6 +262,33 @@ impl Attachment {
             }
         }
         Ok(this)
+    }
+
+    /// The rules at work.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Whether the hooked ports have `fq`, which delays and rates need.
+    pub fn has_fq(&self) -> bool {
+        self.hooks.has_fq()
+    }
+
+    /// Puts `plan` to work in place of the current one, through the maps
+    /// alone: no hook is touched, no connection notices anything but the
+    /// faults. Refused (and nothing changed) if the plan is invalid, or
+    /// needs `fq` that the ports do not have.
+    pub fn update(&mut self, plan: Plan) -> Result<(), UsageError> {
+        let new = plan.map_contents()?;
+        if plan.fq_params().is_some() && !self.has_fq() {
+            return Err(UsageError::Kernel(
+                "delay and rate need the fq qdisc on the hooked ports, and this kernel has no sch_fq (modprobe sch_fq, then restart serve)".to_owned(),
+            ));
+        }
+        let old = self.plan.map_contents()?;
+        self.engine.replace(&old, &new).map_err(|e| UsageError::Kernel(format!("updating the maps: {e}")))?;
+        self.plan = plan;
+        Ok(())
     }
 
     /// The interface or endpoint, as messages name it.
@@ -183,7 +304,7 @@ impl Attachment {
         Ok(self.engine.counters()?)
     }
 
-    fn report(&self, elapsed: Duration, json: bool, event: &str) -> Result<()> {
+    pub fn report(&self, elapsed: Duration, json: bool, event: &str) -> Result<()> {
         let slots = self.counters()?;
         let snap = Snapshot { elapsed, slots: &slots, rules: &self.plan.rules };
         if json {
@@ -345,8 +466,13 @@ impl fmt::Display for Attachment {
             }
         }
         write!(f, " via {}", self.hooks.method())?;
-        for (i, rule) in self.plan.rules.iter().enumerate() {
+        // A config file may hold thousands of rules: name the first few.
+        const SHOWN: usize = 8;
+        for (i, rule) in self.plan.rules.iter().take(SHOWN).enumerate() {
             write!(f, "{}{rule}", if i == 0 { ": " } else { "; " })?;
+        }
+        if self.plan.rules.len() > SHOWN {
+            write!(f, "; and {} more rules", self.plan.rules.len() - SHOWN)?;
         }
         Ok(())
     }

@@ -1,12 +1,14 @@
 //! What the user typed, as clap parsed it. Nothing here is validated beyond
 //! the syntax of each value: `plan.rs` turns it into rules.
 
-use std::{net::IpAddr, str::FromStr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::{de, ser},
     plan::{GeSpec, parse_loss_model},
     units::{Percent, Rate, parse_duration, parse_percent, parse_rate},
 };
@@ -33,6 +35,18 @@ pub enum Command {
     /// container's veths, until Ctrl-C, SIGTERM or --duration.
     #[command(after_long_help = ATTACH_EXAMPLES)]
     Attach(Box<AttachArgs>),
+    /// Attach once with no faults and serve an HTTP API (Toxiproxy's, and
+    /// pygocentrus's own for `set`, `status`, `reset`) that changes the
+    /// faults live, through map updates alone.
+    #[command(after_long_help = SERVE_EXAMPLES)]
+    Serve(Box<ServeArgs>),
+    /// Set (add or replace) rule NAME on a running `serve`.
+    Set(Box<SetArgs>),
+    /// Show the rules of a running `serve` and their live counters.
+    Status(ClientArgs),
+    /// Remove every toxic and every rule set with `set` from a running
+    /// `serve`, and enable every proxy (rules of its --config stay).
+    Reset(ClientArgs),
     /// Run a self-contained demonstration in network namespaces: two hosts on
     /// a bridge, real traffic, then the same traffic under attack. Exits
     /// non-zero if an expected effect did not show, so it doubles as a smoke
@@ -85,13 +99,44 @@ pub struct AttachArgs {
     #[arg(long, value_name = "PATH|PID")]
     pub netns: Option<String>,
 
+    /// The rules in a TOML file instead of the flags below: several rules,
+    /// each with its own target and faults (see README, "Config file").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The rule, when there is one and no --config.
+    #[command(flatten)]
+    pub rule: RuleArgs,
+
+    /// Detach after this long (250us, 500ms, 30s, 2m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print counters as JSON lines on stdout instead of text on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How to hook: TCX links (kernel 6.6+, gone with the process) or
+    /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hook: HookMode,
+}
+
+/// One rule: its target and its faults. Given as flags to `attach`, or as a
+/// `[[rule]]` table of a config file with the same names and units
+/// (`drop = 30`, `delay = "20ms"`, `corrupt-payload = "0.5%"`).
+#[derive(Clone, Debug, Default, PartialEq, Args, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuleArgs {
     /// Target address, optionally a prefix: 198.18.0.2, 198.18.0.0/24, fd00::2.
     #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_ipnet)]
+    #[serde(deserialize_with = "de::ipnet", serialize_with = "ser::display", skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpNet>,
 
     /// Target port (1-65535). Without it, all IP traffic of --ip matches,
     /// ICMP included.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[serde(deserialize_with = "de::port", skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 
     /// Protocol to match.
@@ -104,83 +149,134 @@ pub struct AttachArgs {
 
     /// Drop this share of matched packets (5, 5%, 0.1).
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub drop: Option<Percent>,
 
     /// Damage this share so that the receiving kernel discards it as a
     /// checksum (IPv4) or header (IPv6) error, like netem's corrupt.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub corrupt: Option<Percent>,
 
     /// Flip a payload byte of this share and fix the checksums: the
     /// application receives damaged data.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub corrupt_payload: Option<Percent>,
 
     /// Turn this share of TCP segments into resets the receiver accepts
     /// (ECONNRESET; a reset SYN-ACK makes connect fail with ECONNREFUSED).
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reset: Option<Percent>,
 
     /// Hold matched packets back by this long before they leave (20ms,
     /// 250us). Delay, jitter and rate need the fq qdisc: pygocentrus puts it
     /// on the hooked ports and restores what was there on exit.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(
+        deserialize_with = "de::duration",
+        serialize_with = "ser::duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay: Option<Duration>,
 
     /// Vary the delay: ±DUR for the uniform distribution, a standard
     /// deviation of DUR for the others.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(
+        deserialize_with = "de::duration",
+        serialize_with = "ser::duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jitter: Option<Duration>,
 
     /// Distribution of the jitter (netem's four).
     #[arg(long, value_enum, value_name = "DIST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub distribution: Option<Distribution>,
 
     /// Delay only this share of matched packets (default: all).
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay_pct: Option<Percent>,
 
     /// Never let jitter reorder a flow: a packet leaves no earlier than the
     /// one before it in its flow.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep_order: bool,
 
     /// Limit the matched traffic to this rate, shared by all its flows
     /// (100kbit, 5mbit, 1gbit, 512kbps).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[serde(deserialize_with = "de::rate", serialize_with = "ser::rate", skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
 
     /// Burst loss with the Gilbert-Elliott model, parameters as netem's:
     /// gemodel:P[,R[,1-H[,1-K]]] in percent (R defaults to 100-P, 1-H to
     /// 100, 1-K to 0).
     #[arg(long, value_name = "gemodel:P[,R[,1-H[,1-K]]]", value_parser = parse_loss_model)]
+    #[serde(
+        deserialize_with = "de::loss_model",
+        serialize_with = "ser::loss_model",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub loss_model: Option<GeSpec>,
 
     /// Send a copy of this share of matched packets.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub duplicate: Option<Percent>,
-
-    /// Detach after this long (250us, 500ms, 30s, 2m).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
 
     /// Make decisions reproducible: the same traffic gets the same faults.
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-
-    /// Print counters as JSON lines on stdout instead of text on stderr.
-    #[arg(long)]
-    pub json: bool,
 
     /// Allow a rule with neither --ip nor --port on --iface (impairs all IP
     /// traffic). Not needed with --container or --netns.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
 
-    /// How to hook: TCX links (kernel 6.6+, gone with the process) or
-    /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
-    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
-    pub hook: HookMode,
+    /// A named behavior (Vaurien's): blackout (every packet vanishes),
+    /// hang (what the target sends vanishes: direction from unless given;
+    /// connections stay open and wait), error (TCP resets), delay (--delay,
+    /// 1s if not given), dummy (matched and counted, nothing done).
+    #[arg(long, value_enum, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<Behavior>,
+
+    /// Config file only: the rule flaps, in force for `on`, then off for
+    /// `off`, and again (`flap = { on = "2s", off = "3s" }`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flap: Option<Flap>,
 }
 
 impl AttachArgs {
@@ -188,6 +284,102 @@ impl AttachArgs {
     pub fn netns_pid(&self) -> Option<u32> {
         self.netns.as_deref().and_then(|n| n.parse::<u32>().ok()).filter(|pid| *pid > 0)
     }
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  # serve Toxiproxy's API on 127.0.0.1:8474 for a compose network
+  sudo pygocentrus serve --iface br-grpc
+  toxiproxy-cli create -l 198.18.0.2:6379 -u 198.18.0.2:6379 redis   # or any Toxiproxy client
+  curl -d '{\"type\":\"latency\",\"attributes\":{\"latency\":100}}' localhost:8474/proxies/redis/toxics
+
+  # the native client
+  pygocentrus set flaky --ip 198.18.0.2 --port 5000 --proto udp --drop 30
+  pygocentrus status
+  pygocentrus reset";
+
+/// Where `serve` runs and how its API is reached.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("scope").required(true).args(["iface", "container", "netns"])))]
+pub struct ServeArgs {
+    /// Interface to hook, as for `attach`.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+
+    /// A Docker container, as for `attach`.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+
+    /// A network namespace, as for `attach`.
+    #[arg(long, value_name = "PATH|PID")]
+    pub netns: Option<String>,
+
+    /// Address of the HTTP API. Only a loopback address unless --token is
+    /// given.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8474")]
+    pub api: std::net::SocketAddr,
+
+    /// Rules in force from the start (a config file as for `attach`); the
+    /// API adds to them, `reset` comes back to them.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Bearer token every request must carry (`Authorization: Bearer
+    /// TOKEN`). Required to listen on a non-loopback address.
+    #[arg(long, value_name = "TOKEN", env = "PYGOCENTRUS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// How to hook, as for `attach`.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hook: HookMode,
+}
+
+impl ServeArgs {
+    /// The scope as `attach` takes it, to resolve it the same way.
+    pub fn attach_args(&self) -> AttachArgs {
+        AttachArgs {
+            iface: self.iface.clone(),
+            container: self.container.clone(),
+            netns: self.netns.clone(),
+            config: self.config.clone(),
+            rule: RuleArgs::default(),
+            duration: None,
+            json: false,
+            hook: self.hook,
+        }
+    }
+}
+
+/// How the client commands reach `serve`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Address of `serve`'s API.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8474")]
+    pub api: std::net::SocketAddr,
+
+    /// Bearer token, if `serve` has one.
+    #[arg(long, value_name = "TOKEN", env = "PYGOCENTRUS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The rule's name: `set` again with the same name replaces it.
+    pub name: String,
+
+    /// Remove rule NAME instead.
+    #[arg(long)]
+    pub remove: bool,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    #[command(flatten)]
+    pub rule: RuleArgs,
 }
 
 #[derive(Debug, Args)]
@@ -209,16 +401,20 @@ pub struct DemoArgs {
     pub hook: HookMode,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
+    #[default]
     Any,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Packets to and from the target.
+    #[default]
     Both,
     /// Packets addressed to the target.
     To,
@@ -226,7 +422,29 @@ pub enum Direction {
     From,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// Vaurien's named behaviors (see `RuleArgs::behavior`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Behavior {
+    Blackout,
+    Hang,
+    Error,
+    Delay,
+    Dummy,
+}
+
+/// A rule that comes and goes: in force for `on`, then not for `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flap {
+    #[serde(deserialize_with = "de::required_duration", serialize_with = "ser::required_duration")]
+    pub on: Duration,
+    #[serde(deserialize_with = "de::required_duration", serialize_with = "ser::required_duration")]
+    pub off: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Distribution {
     Uniform,
     Normal,
@@ -241,7 +459,7 @@ pub enum HookMode {
     Netlink,
 }
 
-fn parse_ipnet(s: &str) -> Result<IpNet, String> {
+pub fn parse_ipnet(s: &str) -> Result<IpNet, String> {
     let net = if s.contains('/') {
         IpNet::from_str(s).map_err(|_| format!("'{s}' is not an address or prefix"))?
     } else {
@@ -267,10 +485,10 @@ mod tests {
     fn the_one_line_promise_parses() {
         let a = parse(&["--iface", "br-xxx", "--port", "50051", "--drop", "5"]).unwrap();
         assert_eq!(a.iface.as_deref(), Some("br-xxx"));
-        assert_eq!(a.port, Some(50051));
-        assert_eq!(a.drop.unwrap().value(), 5.0);
-        assert_eq!(a.proto, Proto::Any);
-        assert_eq!(a.direction, Direction::Both);
+        assert_eq!(a.rule.port, Some(50051));
+        assert_eq!(a.rule.drop.unwrap().value(), 5.0);
+        assert_eq!(a.rule.proto, Proto::Any);
+        assert_eq!(a.rule.direction, Direction::Both);
     }
 
     #[test]
@@ -284,9 +502,9 @@ mod tests {
     #[test]
     fn prefixes_are_truncated() {
         let a = parse(&["--iface", "x", "--ip", "198.18.0.77/24", "--drop", "1"]).unwrap();
-        assert_eq!(a.ip.unwrap().to_string(), "198.18.0.0/24");
+        assert_eq!(a.rule.ip.unwrap().to_string(), "198.18.0.0/24");
         let a = parse(&["--iface", "x", "--ip", "fd00::2", "--drop", "1"]).unwrap();
-        assert_eq!(a.ip.unwrap().to_string(), "fd00::2/128");
+        assert_eq!(a.rule.ip.unwrap().to_string(), "fd00::2/128");
     }
 
     #[test]

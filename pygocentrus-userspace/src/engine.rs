@@ -2,12 +2,13 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::SchedClassifier,
 };
 use pygocentrus_common::{
-    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_ENDPOINT, MAP_PORTS, MAP_RULES,
-    MAP_TARGETS, PROG_EGRESS, PROG_INGRESS, PortMark, Rule, TargetKey, TargetValue,
+    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_ENDPOINT, MAP_PORTS,
+    MAP_RULE_STATE, MAP_RULES, MAP_TARGETS, PROG_EGRESS, PROG_INGRESS, PortMark, Rule, RuleState, TargetKey,
+    TargetValue,
 };
 use thiserror::Error;
 
@@ -26,6 +27,8 @@ pub enum EngineError {
     MissingMap(&'static str),
     #[error("program {0}: {1}")]
     Program(&'static str, aya::programs::ProgramError),
+    #[error("counting the CPUs: {0}")]
+    Cpus(std::io::Error),
     #[error("program {0} is missing from the object")]
     MissingProgram(&'static str),
 }
@@ -122,6 +125,81 @@ impl Engine {
         self.rules = m.rules.len() as u32;
         self.config.flags = (self.config.flags & CONFIG_BRIDGE) | m.flags;
         self.write_config()
+    }
+
+    /// Replaces what `old` wrote with `new`, live, while the program runs:
+    /// new rules, ports and targets are written first, then what only
+    /// `old` had is deleted, so a packet meets either rule set (or, for an
+    /// instant, a mix) but never a gap in a target both sets keep. The
+    /// counters and state (rate, loss model) of every rule id whose rule
+    /// changed start again from zero.
+    pub fn replace(&mut self, old: &MapContents, new: &MapContents) -> Result<(), EngineError> {
+        // Both sets of flags while both sets of entries may be in place.
+        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | old.flags | new.flags;
+        self.write_config()?;
+        let changed: Vec<u32> = new
+            .rules
+            .iter()
+            .filter(|(id, rule)| old.rules.get(*id as usize - 1).is_none_or(|(_, was)| was != rule))
+            .map(|(id, _)| *id)
+            .chain((new.rules.len() + 1..=old.rules.len()).map(|id| id as u32))
+            .collect();
+        self.zero_rule_state(&changed)?;
+        self.install(new)?;
+        {
+            let mut targets: LpmTrie<_, TargetKey, TargetValue> =
+                LpmTrie::try_from(self.map_mut(MAP_TARGETS)?).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
+            for (prefix, key, _) in &old.targets {
+                if !new.targets.iter().any(|(p, k, _)| p == prefix && k == key) {
+                    targets.remove(&Key::new(*prefix, *key)).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
+                }
+            }
+        }
+        {
+            let mut ports: Array<_, PortMark> =
+                Array::try_from(self.map_mut(MAP_PORTS)?).map_err(|e| EngineError::Map(MAP_PORTS, e))?;
+            for port in old.ports.iter().filter(|p| !new.ports.contains(p)) {
+                ports.set(u32::from(*port), 0, 0).map_err(|e| EngineError::Map(MAP_PORTS, e))?;
+            }
+        }
+        if new.endpoint.is_none() && old.endpoint.is_some() {
+            let mut endpoint: Array<_, TargetValue> =
+                Array::try_from(self.map_mut(MAP_ENDPOINT)?).map_err(|e| EngineError::Map(MAP_ENDPOINT, e))?;
+            endpoint.set(0, TargetValue::default(), 0).map_err(|e| EngineError::Map(MAP_ENDPOINT, e))?;
+        }
+        {
+            // Rules no target names any more.
+            let mut rules: Array<_, Rule> =
+                Array::try_from(self.map_mut(MAP_RULES)?).map_err(|e| EngineError::Map(MAP_RULES, e))?;
+            for id in new.rules.len() + 1..=old.rules.len() {
+                rules.set(id as u32, Rule::default(), 0).map_err(|e| EngineError::Map(MAP_RULES, e))?;
+            }
+        }
+        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | new.flags;
+        self.write_config()
+    }
+
+    /// Zeroes the counters and the state of rule ids `ids`.
+    fn zero_rule_state(&mut self, ids: &[u32]) -> Result<(), EngineError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| EngineError::Cpus(e))?;
+        {
+            let mut counters: PerCpuArray<_, Counters> =
+                PerCpuArray::try_from(self.map_mut(MAP_COUNTERS)?).map_err(|e| EngineError::Map(MAP_COUNTERS, e))?;
+            for id in ids {
+                let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
+                    .map_err(|e| EngineError::Map(MAP_COUNTERS, aya::maps::MapError::from(e)))?;
+                counters.set(*id, zero, 0).map_err(|e| EngineError::Map(MAP_COUNTERS, e))?;
+            }
+        }
+        let mut state: Array<_, RuleState> =
+            Array::try_from(self.map_mut(MAP_RULE_STATE)?).map_err(|e| EngineError::Map(MAP_RULE_STATE, e))?;
+        for id in ids {
+            state.set(*id, RuleState::default(), 0).map_err(|e| EngineError::Map(MAP_RULE_STATE, e))?;
+        }
+        Ok(())
     }
 
     /// Tells the program it sits on the ports of a bridge with this MAC.

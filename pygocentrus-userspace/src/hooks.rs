@@ -91,6 +91,11 @@ impl Hooks {
         Self { method, fq, ports: BTreeMap::new(), state }
     }
 
+    /// Whether every port gets `fq`.
+    pub fn has_fq(&self) -> bool {
+        self.fq.is_some()
+    }
+
     pub fn method(&self) -> Method {
         self.method
     }

@@ -8,8 +8,11 @@
 //! `endpoint` (with `docker`) finds the veths of `--container` and
 //! `--netns`; `demo` builds a lab in network namespaces and runs it there.
 
+pub mod api;
 pub mod attach;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod demo;
 pub mod dist;
 pub mod docker;
@@ -21,8 +24,11 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod privileges;
+pub mod schedule;
+pub mod serve;
 pub mod signals;
 pub mod stats;
+pub mod toxi;
 pub mod units;
 
 pub use plan::UsageError;

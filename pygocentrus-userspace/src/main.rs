@@ -31,6 +31,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Attach(args) => pygocentrus::attach::run(*args).await,
+            Command::Serve(args) => pygocentrus::serve::run(*args).await,
+            Command::Set(args) => pygocentrus::client::set(*args).await,
+            Command::Status(args) => pygocentrus::client::status(args).await,
+            Command::Reset(args) => pygocentrus::client::reset(args).await,
             Command::Demo(args) => pygocentrus::demo::run(args).await,
             Command::Guard(args) => pygocentrus::guard::run(args.pid).await,
         }

@@ -12,7 +12,7 @@ use pygocentrus_common::{
 use thiserror::Error;
 
 use crate::{
-    cli::{AttachArgs, Direction, Distribution, Proto},
+    cli::{AttachArgs, Behavior, Direction, Distribution, Proto, RuleArgs},
     netlink::FqParams,
     units::{Percent, Rate, parse_percent},
 };
@@ -61,6 +61,16 @@ pub enum UsageError {
     /// The kernel lacks what the flags ask for.
     #[error("{0}")]
     Kernel(String),
+    /// The config file cannot be read, parsed or turned into rules.
+    #[error("config: {0}")]
+    Config(String),
+    #[error("give the rule either as flags or in --config, not both")]
+    ConfigAndFlags,
+    #[error("{0}")]
+    Behavior(String),
+    /// The API address or token cannot be used.
+    #[error("{0}")]
+    Api(String),
 }
 
 /// The faults of a rule.
@@ -118,7 +128,7 @@ fn on(p: Option<Percent>) -> bool {
 }
 
 impl Faults {
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate].into_iter().any(on)
             || self.loss_model.is_some()
             || self.rate.is_some()
@@ -185,35 +195,46 @@ pub struct RuleSpec {
 
 impl RuleSpec {
     pub fn from_attach(a: &AttachArgs) -> Result<Self, UsageError> {
-        let endpoint = match (&a.container, &a.netns, a.netns_pid()) {
-            (Some(c), _, _) => Some(format!("container {c}")),
-            (None, Some(_), Some(pid)) => Some(format!("netns of process {pid}")),
-            (None, Some(n), None) => Some(format!("netns {n}")),
-            (None, None, _) => None,
-        };
+        Self::from_args(&a.rule, endpoint_label(a))
+    }
+
+    /// The rule of `r` (flags or a config file's `[[rule]]`), on `endpoint`
+    /// if the scope is one.
+    pub fn from_args(r: &RuleArgs, endpoint: Option<String>) -> Result<Self, UsageError> {
+        let r = &with_behavior(r)?;
         let spec = Self {
-            ip: a.ip,
-            port: a.port,
+            ip: r.ip,
+            port: r.port,
             endpoint,
-            proto: a.proto,
-            direction: a.direction,
+            proto: r.proto,
+            direction: r.direction,
             faults: Faults {
-                drop: a.drop,
-                reset: a.reset,
-                corrupt: a.corrupt,
-                corrupt_payload: a.corrupt_payload,
-                duplicate: a.duplicate,
-                loss_model: a.loss_model,
-                delay: delay_of(a)?,
-                rate: a.rate,
+                drop: r.drop,
+                reset: r.reset,
+                corrupt: r.corrupt,
+                corrupt_payload: r.corrupt_payload,
+                duplicate: r.duplicate,
+                loss_model: r.loss_model,
+                delay: delay_of(r)?,
+                rate: r.rate,
             },
-            seed: a.seed,
+            seed: r.seed,
         };
-        spec.validate(a.all)?;
+        if r.behavior == Some(Behavior::Dummy) {
+            if spec.faults.any() {
+                return Err(UsageError::Behavior("dummy does nothing: leave out the faults".to_owned()));
+            }
+            // Matched and counted, nothing done: the target is still checked.
+            let mut check = spec.clone();
+            check.faults.drop = Some(Percent::ALWAYS);
+            check.validate(r.all)?;
+            return Ok(spec);
+        }
+        spec.validate(r.all)?;
         Ok(spec)
     }
 
-    fn validate(&self, all: bool) -> Result<(), UsageError> {
+    pub(crate) fn validate(&self, all: bool) -> Result<(), UsageError> {
         if !self.faults.any() {
             return Err(UsageError::NoFault);
         }
@@ -282,8 +303,55 @@ impl RuleSpec {
     }
 }
 
+/// The rule with its behavior's faults filled in. A behavior sets its
+/// fault; giving that fault as well is refused (which one would win?).
+fn with_behavior(r: &RuleArgs) -> Result<RuleArgs, UsageError> {
+    let mut r = r.clone();
+    let Some(b) = r.behavior else { return Ok(r) };
+    let name = format!("{b:?}").to_lowercase();
+    let taken = |given: bool, fault: &str| {
+        if given {
+            Err(UsageError::Behavior(format!("behavior {name} sets --{fault} itself: leave it out")))
+        } else {
+            Ok(())
+        }
+    };
+    match b {
+        Behavior::Blackout => {
+            taken(r.drop.is_some(), "drop")?;
+            r.drop = Some(Percent::ALWAYS);
+        }
+        Behavior::Hang => {
+            taken(r.drop.is_some(), "drop")?;
+            r.drop = Some(Percent::ALWAYS);
+            if r.direction == Direction::Both {
+                r.direction = Direction::From;
+            }
+        }
+        Behavior::Error => {
+            taken(r.reset.is_some(), "reset")?;
+            r.reset = Some(Percent::ALWAYS);
+        }
+        Behavior::Delay => {
+            r.delay = Some(r.delay.unwrap_or(Duration::from_secs(1)));
+        }
+        Behavior::Dummy => {}
+    }
+    Ok(r)
+}
+
+/// How messages name the endpoint of `--container` or `--netns`, if given.
+pub fn endpoint_label(a: &AttachArgs) -> Option<String> {
+    match (&a.container, &a.netns, a.netns_pid()) {
+        (Some(c), _, _) => Some(format!("container {c}")),
+        (None, Some(_), Some(pid)) => Some(format!("netns of process {pid}")),
+        (None, Some(n), None) => Some(format!("netns {n}")),
+        (None, None, _) => None,
+    }
+}
+
 /// The delay flags, checked for sense: jitter and the rest refine a delay.
-fn delay_of(a: &AttachArgs) -> Result<Option<Delay>, UsageError> {
+fn delay_of(a: &RuleArgs) -> Result<Option<Delay>, UsageError> {
     let Some(mean) = a.delay else {
         for (given, flag) in [
             (a.jitter.is_some(), "--jitter"),

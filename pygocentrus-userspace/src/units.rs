@@ -9,6 +9,9 @@ use pygocentrus_common::{PROB_ALWAYS, Threshold};
 pub struct Percent(f64);
 
 impl Percent {
+    /// 100%.
+    pub const ALWAYS: Percent = Percent(100.0);
+
     pub fn value(self) -> f64 {
         self.0
     }

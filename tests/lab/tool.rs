@@ -87,13 +87,38 @@ impl Lab {
     }
 
     fn tool_command(&self, wrapper: &[&str], args: &[impl AsRef<str>]) -> Command {
+        self.subcommand(wrapper, "attach", args)
+    }
+
+    fn subcommand(&self, wrapper: &[&str], sub: &str, args: &[impl AsRef<str>]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.host()])
             .args(wrapper)
             .arg(binary())
-            .arg("attach")
+            .arg(sub)
             .args(args.iter().map(AsRef::as_ref));
         cmd
+    }
+
+    /// Starts `pygocentrus serve ARGS...` in the host namespace, without
+    /// waiting.
+    pub fn spawn_serve(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
+        Tool::spawn(self.subcommand(&[], "serve", args))
+    }
+
+    /// Starts `pygocentrus serve ARGS...` and waits until its API answers.
+    pub fn serve(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
+        let tool = self.spawn_serve(args);
+        if tool.wait_stderr("serving the API", TOOL_TIMEOUT).is_none() {
+            let outcome = tool.stop(Signal::SIGKILL);
+            panic!("pygocentrus serve did not start:\n{outcome}");
+        }
+        tool
+    }
+
+    /// Runs `pygocentrus SUB ARGS...` (`set`, `status`, `reset`) to its end.
+    pub fn run_sub(&self, sub: &str, args: &[impl AsRef<str>]) -> Outcome {
+        Tool::spawn(self.subcommand(&[], sub, args)).wait(TOOL_TIMEOUT)
     }
 }
 

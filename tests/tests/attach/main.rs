@@ -10,6 +10,7 @@
 #![expect(clippy::useless_vec, reason = "args! builds owned argument lists (some kept, some only borrowed)")]
 
 mod burst;
+mod config;
 mod corrupt;
 mod delay;
 mod demo;
@@ -17,6 +18,7 @@ mod drop;
 mod endpoint;
 mod lifecycle;
 mod reset;
+mod serve;
 mod usage;
 
 use std::net::IpAddr;

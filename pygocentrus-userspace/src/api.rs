@@ -1,0 +1,473 @@
+//! The HTTP API of `serve`: Toxiproxy's (same paths, JSON shapes and status
+//! codes as Toxiproxy 2.x), pygocentrus's own under `/pygocentrus/` (what
+//! `set`, `status` and `reset` use), and `/metrics` for Prometheus.
+//!
+//! Handlers never touch the maps: they change a copy of the [`State`],
+//! turn it into a [`Plan`] and send it to the loop that owns the
+//! attachment, which answers once the maps hold it; only then is the copy
+//! kept. So a reply means the faults are in force.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Request, State as AxState},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use pygocentrus_common::Counters;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::{
+    cli::RuleArgs,
+    plan::{Plan, RuleSpec},
+    toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput},
+};
+
+/// The largest request body accepted (a `/populate` of a few hundred
+/// proxies fits).
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// What the API asks of the loop that owns the attachment.
+pub enum EngineRequest {
+    /// Put this plan to work; the answer says whether the maps hold it.
+    Apply(Plan, oneshot::Sender<Result<(), String>>),
+    /// Read the counters: slot 0 (totals), then one per rule.
+    Counters(oneshot::Sender<Result<Vec<Counters>, String>>),
+}
+
+/// Everything the API set, and the rules it started with.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Rules of `--config`, kept by `reset`.
+    pub base: Vec<RuleSpec>,
+    /// Rules set with `pygocentrus set`, by name, in the order set.
+    pub rules: Vec<(String, RuleSpec, RuleArgs)>,
+    /// Toxiproxy's proxies, in the order created.
+    pub proxies: Vec<Proxy>,
+    /// `--container`/`--netns` label of every rule.
+    pub endpoint: Option<String>,
+}
+
+impl State {
+    /// The plan, and who owns each of its rules (`config rule 1`,
+    /// `rule NAME`, `proxy NAME upstream`).
+    fn plan(&self) -> Result<(Plan, Vec<String>), ApiError> {
+        let mut rules = Vec::new();
+        let mut owners = Vec::new();
+        for (i, r) in self.base.iter().enumerate() {
+            rules.push(r.clone());
+            owners.push(format!("config rule {}", i + 1));
+        }
+        for (name, r, _) in &self.rules {
+            rules.push(r.clone());
+            owners.push(format!("rule {name}"));
+        }
+        for p in &self.proxies {
+            for r in p.rules(self.endpoint.as_deref())? {
+                owners.push(format!("proxy {}", p.name));
+                rules.push(r);
+            }
+        }
+        let plan = Plan { rules };
+        plan.map_contents().map_err(|e| ApiError::conflict(e.to_string()))?;
+        Ok((plan, owners))
+    }
+
+    fn proxy(&self, name: &str) -> Result<usize, ApiError> {
+        self.proxies.iter().position(|p| p.name == name).ok_or_else(|| ApiError::not_found("proxy not found"))
+    }
+}
+
+pub struct Server {
+    state: Mutex<State>,
+    engine: mpsc::Sender<EngineRequest>,
+    token: Option<String>,
+}
+
+type Shared = Arc<Server>;
+
+impl Server {
+    pub fn new(state: State, engine: mpsc::Sender<EngineRequest>, token: Option<String>) -> Shared {
+        Arc::new(Self { state: Mutex::new(state), engine, token })
+    }
+
+    /// Runs `change` on a copy of the state, puts the result to work, and
+    /// keeps it if the maps took it. Returns what `change` returned.
+    async fn change<T>(&self, change: impl FnOnce(&mut State) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let mut state = self.state.lock().await;
+        let mut next = state.clone();
+        let out = change(&mut next)?;
+        let (plan, _) = next.plan()?;
+        let (tx, rx) = oneshot::channel();
+        self.engine.send(EngineRequest::Apply(plan, tx)).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?.map_err(ApiError::bad)?;
+        *state = next;
+        Ok(out)
+    }
+
+    async fn counters(&self) -> Result<Vec<Counters>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.engine.send(EngineRequest::Counters(tx)).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?.map_err(|e| ApiError { status: 500, message: e })
+    }
+}
+
+fn stopping() -> ApiError {
+    ApiError { status: 503, message: "pygocentrus is stopping".to_owned() }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(json!({"error": self.message, "status": self.status}))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn reply(status: StatusCode, body: impl serde::Serialize) -> ApiResult {
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// A JSON body, or a 400 saying what is wrong with it.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))
+}
+
+pub fn router(server: Shared) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/proxies", get(list_proxies).post(create_proxy))
+        .route("/populate", post(populate))
+        .route("/proxies/{proxy}", get(get_proxy).post(update_proxy).delete(delete_proxy))
+        .route("/proxies/{proxy}/toxics", get(list_toxics).post(create_toxic))
+        .route("/proxies/{proxy}/toxics/{toxic}", get(get_toxic).post(update_toxic).delete(delete_toxic))
+        .route("/reset", post(reset))
+        .route("/metrics", get(metrics))
+        .route("/pygocentrus/status", get(status))
+        .route("/pygocentrus/rules/{name}", put(set_rule).delete(delete_rule))
+        .fallback(|| async { ApiError::not_found("no such path") })
+        .layer(middleware::from_fn_with_state(Arc::clone(&server), authorize))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(server)
+}
+
+/// With a token configured, every request must carry it.
+async fn authorize(AxState(server): AxState<Shared>, request: Request, next: Next) -> Response {
+    if let Some(token) = &server.token {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given.and_then(|v| v.strip_prefix("Bearer ")) != Some(token.as_str()) {
+            return ApiError { status: 401, message: "missing or wrong bearer token".to_owned() }.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn version() -> ApiResult {
+    reply(StatusCode::OK, json!({"version": concat!("pygocentrus-", env!("CARGO_PKG_VERSION"))}))
+}
+
+async fn list_proxies(AxState(s): AxState<Shared>) -> ApiResult {
+    let state = s.state.lock().await;
+    let map: serde_json::Map<String, Value> = state.proxies.iter().map(|p| (p.name.clone(), json!(p))).collect();
+    reply(StatusCode::OK, map)
+}
+
+/// A proxy from its body: name and upstream required, upstream resolved.
+async fn new_proxy(input: ProxyInput) -> Result<Proxy, ApiError> {
+    let name = input.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad("missing required field: name"))?;
+    let upstream =
+        input.upstream.filter(|u| !u.is_empty()).ok_or_else(|| ApiError::bad("missing required field: upstream"))?;
+    let target = resolve(&upstream).await?;
+    Ok(Proxy::new(name, upstream, target, input.enabled.unwrap_or(true)))
+}
+
+async fn resolve(upstream: &str) -> Result<std::net::SocketAddr, ApiError> {
+    let target = tokio::net::lookup_host(upstream)
+        .await
+        .map_err(|e| ApiError::bad(format!("upstream '{upstream}' is not host:port: {e}")))?
+        .next()
+        .ok_or_else(|| ApiError::bad(format!("upstream '{upstream}' resolves to no address")))?;
+    if target.port() == 0 {
+        return Err(ApiError::bad(format!("upstream '{upstream}' has port 0")));
+    }
+    Ok(target)
+}
+
+fn add_proxy(state: &mut State, proxy: Proxy) -> Result<(), ApiError> {
+    if state.proxies.iter().any(|p| p.name == proxy.name) {
+        return Err(ApiError::conflict("proxy already exists"));
+    }
+    if let Some(other) = state.proxies.iter().find(|p| p.target == proxy.target) {
+        return Err(ApiError::conflict(format!("proxy {} already has upstream {}", other.name, proxy.target)));
+    }
+    state.proxies.push(proxy);
+    Ok(())
+}
+
+async fn create_proxy(AxState(s): AxState<Shared>, bytes: Bytes) -> ApiResult {
+    let proxy = new_proxy(body(&bytes)?).await?;
+    let shown = json!(proxy);
+    s.change(|st| add_proxy(st, proxy)).await?;
+    reply(StatusCode::CREATED, shown)
+}
+
+async fn populate(AxState(s): AxState<Shared>, bytes: Bytes) -> ApiResult {
+    let inputs: Vec<ProxyInput> = body(&bytes)?;
+    let mut proxies = Vec::new();
+    for input in inputs {
+        proxies.push(new_proxy(input).await?);
+    }
+    let shown: Vec<Value> = proxies.iter().map(|p| json!(p)).collect();
+    s.change(|st| {
+        for proxy in proxies {
+            // Toxiproxy replaces a proxy of the same name (its toxics go).
+            st.proxies.retain(|p| p.name != proxy.name);
+            add_proxy(st, proxy)?;
+        }
+        Ok(())
+    })
+    .await?;
+    reply(StatusCode::CREATED, json!({"proxies": shown}))
+}
+
+async fn get_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>) -> ApiResult {
+    let state = s.state.lock().await;
+    let i = state.proxy(&name)?;
+    reply(StatusCode::OK, &state.proxies[i])
+}
+
+async fn update_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+    let input: ProxyInput = body(&bytes)?;
+    let target = match &input.upstream {
+        Some(u) => Some((u.clone(), resolve(u).await?)),
+        None => None,
+    };
+    let shown = s
+        .change(|st| {
+            let i = st.proxy(&name)?;
+            let p = &mut st.proxies[i];
+            if let Some(enabled) = input.enabled {
+                p.enabled = enabled;
+            }
+            if let Some((upstream, target)) = target {
+                p.listen = upstream.clone();
+                p.upstream = upstream;
+                p.target = target;
+            }
+            let shown = json!(p);
+            let target = st.proxies[i].target;
+            if st.proxies.iter().filter(|q| q.target == target).count() > 1 {
+                return Err(ApiError::conflict(format!("another proxy has upstream {target}")));
+            }
+            Ok(shown)
+        })
+        .await?;
+    reply(StatusCode::OK, shown)
+}
+
+async fn delete_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>) -> ApiResult {
+    s.change(|st| {
+        let i = st.proxy(&name)?;
+        st.proxies.remove(i);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_toxics(AxState(s): AxState<Shared>, Path(name): Path<String>) -> ApiResult {
+    let state = s.state.lock().await;
+    let i = state.proxy(&name)?;
+    reply(StatusCode::OK, &state.proxies[i].toxics)
+}
+
+async fn create_toxic(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+    let toxic = Toxic::new(body(&bytes)?)?;
+    let shown = json!(toxic);
+    s.change(|st| {
+        let i = st.proxy(&name)?;
+        let p = &mut st.proxies[i];
+        if p.toxics.iter().any(|t| t.name == toxic.name) {
+            return Err(ApiError::conflict("toxic already exists"));
+        }
+        p.toxics.push(toxic);
+        Ok(())
+    })
+    .await?;
+    reply(StatusCode::OK, shown)
+}
+
+async fn get_toxic(AxState(s): AxState<Shared>, Path((name, toxic)): Path<(String, String)>) -> ApiResult {
+    let state = s.state.lock().await;
+    let i = state.proxy(&name)?;
+    let t = state.proxies[i]
+        .toxics
+        .iter()
+        .find(|t| t.name == toxic)
+        .ok_or_else(|| ApiError::not_found("toxic not found"))?;
+    reply(StatusCode::OK, t)
+}
+
+async fn update_toxic(
+    AxState(s): AxState<Shared>,
+    Path((name, toxic)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult {
+    let input: ToxicInput = body(&bytes)?;
+    let shown = s
+        .change(|st| {
+            let i = st.proxy(&name)?;
+            let p = &mut st.proxies[i];
+            let t =
+                p.toxics.iter_mut().find(|t| t.name == toxic).ok_or_else(|| ApiError::not_found("toxic not found"))?;
+            *t = t.update(input)?;
+            Ok(json!(t))
+        })
+        .await?;
+    reply(StatusCode::OK, shown)
+}
+
+async fn delete_toxic(AxState(s): AxState<Shared>, Path((name, toxic)): Path<(String, String)>) -> ApiResult {
+    s.change(|st| {
+        let i = st.proxy(&name)?;
+        let p = &mut st.proxies[i];
+        let j = p.toxics.iter().position(|t| t.name == toxic).ok_or_else(|| ApiError::not_found("toxic not found"))?;
+        p.toxics.remove(j);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Toxiproxy's reset (every proxy enabled, every toxic removed), and the
+/// rules set with `pygocentrus set` removed too.
+async fn reset(AxState(s): AxState<Shared>) -> ApiResult {
+    s.change(|st| {
+        st.rules.clear();
+        for p in &mut st.proxies {
+            p.enabled = true;
+            p.toxics.clear();
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn set_rule(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+    let args: RuleArgs = body(&bytes)?;
+    if args.flap.is_some() {
+        return Err(ApiError::bad("flap is for config files: set the rule again to change it"));
+    }
+    let shown = s
+        .change(|st| {
+            let spec = RuleSpec::from_args(&args, st.endpoint.clone()).map_err(|e| ApiError::bad(e.to_string()))?;
+            let shown = json!({"name": name, "rule": spec.to_string()});
+            match st.rules.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(slot) => *slot = (name.clone(), spec, args),
+                None => st.rules.push((name.clone(), spec, args)),
+            }
+            Ok(shown)
+        })
+        .await?;
+    reply(StatusCode::OK, shown)
+}
+
+async fn delete_rule(AxState(s): AxState<Shared>, Path(name): Path<String>) -> ApiResult {
+    s.change(|st| {
+        let i =
+            st.rules.iter().position(|(n, _, _)| *n == name).ok_or_else(|| ApiError::not_found("rule not found"))?;
+        st.rules.remove(i);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The counters of a rule as (name, value) pairs, in the order shown.
+fn counter_fields(c: &Counters) -> [(&'static str, u64); 10] {
+    [
+        ("seen", c.seen),
+        ("matched", c.matched),
+        ("passed", c.passed),
+        ("dropped", c.dropped),
+        ("corrupted", c.corrupted),
+        ("corrupted_payload", c.corrupted_payload),
+        ("reset", c.reset),
+        ("delayed", c.delayed),
+        ("duplicated", c.duplicated),
+        ("rate_limited", c.rate_limited),
+    ]
+}
+
+/// The rules in force, whose they are, and their counters since each was
+/// last changed.
+async fn status(AxState(s): AxState<Shared>) -> ApiResult {
+    let (plan, owners) = s.state.lock().await.plan()?;
+    let slots = s.counters().await?;
+    let rules: Vec<Value> = plan
+        .rules
+        .iter()
+        .zip(&owners)
+        .enumerate()
+        .map(|(i, (r, owner))| {
+            let mut v = json!({"id": i + 1, "owner": owner, "rule": r.to_string()});
+            if let Some(c) = slots.get(i + 1) {
+                for (k, n) in counter_fields(c) {
+                    v[k] = json!(n);
+                }
+            }
+            v
+        })
+        .collect();
+    reply(StatusCode::OK, json!({"classifier_seen": slots.first().map_or(0, |c| c.seen), "rules": rules}))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    id: u64,
+    owner: String,
+    rule: String,
+    event: String,
+}
+
+/// Prometheus text: `pygocentrus_packets_total{id,owner,rule,event}` per
+/// rule, and `pygocentrus_classifier_packets_total`.
+async fn metrics(AxState(s): AxState<Shared>) -> ApiResult {
+    let (plan, owners) = s.state.lock().await.plan()?;
+    let slots = s.counters().await?;
+    let mut registry = Registry::default();
+    let seen = Counter::<u64>::default();
+    seen.inc_by(slots.first().map_or(0, |c| c.seen));
+    registry.register("pygocentrus_classifier_packets", "Packets the classifier ran on", seen);
+    let family = Family::<RuleLabels, Counter<u64>>::default();
+    for (i, (r, owner)) in plan.rules.iter().zip(&owners).enumerate() {
+        let Some(c) = slots.get(i + 1) else { continue };
+        for (event, n) in counter_fields(c) {
+            let labels =
+                RuleLabels { id: i as u64 + 1, owner: owner.clone(), rule: r.to_string(), event: event.to_owned() };
+            family.get_or_create(&labels).inc_by(n);
+        }
+    }
+    registry.register("pygocentrus_packets", "Packets of each rule, by what happened to them", family);
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|e| ApiError { status: 500, message: format!("encoding metrics: {e}") })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok((StatusCode::OK, headers, text).into_response())
+}

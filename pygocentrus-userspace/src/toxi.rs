@@ -1,0 +1,358 @@
+//! Toxiproxy's model (proxies and their toxics, as its HTTP API shows them)
+//! and how it maps onto rules. A "proxy" here is a target: nothing listens
+//! and no traffic is moved, so `listen` is reported as the upstream address
+//! itself; toxics become the faults of a rule on that address and port.
+//!
+//! `upstream` toxics act on what the client sends (packets to the
+//! target), `downstream` ones on what the server answers (from the target).
+//!
+//! Toxics that need per-connection state in the kernel (`limit_data`,
+//! `timeout` > 0, `reset_peer` with a timeout, `slow_close`, a `toxicity`
+//! below 1) are refused with a 400 that names what is missing: see
+//! `FLOWFAULTS.md`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{
+    cli::{Direction, Distribution, Proto},
+    plan::{Delay, Faults, RuleSpec},
+    units::{Percent, Rate, parse_percent},
+};
+
+/// A request the API refuses: its HTTP status and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self { status: 400, message: message.into() }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { status: 404, message: message.into() }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self { status: 409, message: message.into() }
+    }
+}
+
+/// What toxics cannot do before per-connection kernel state is merged.
+const NEEDS_FLOWS: &str =
+    "needs per-connection state in the kernel (branch flowfaults), which this build does not have yet";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Proxy {
+    pub name: String,
+    pub listen: String,
+    pub upstream: String,
+    pub enabled: bool,
+    pub toxics: Vec<Toxic>,
+    #[serde(skip)]
+    pub target: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Toxic {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub stream: String,
+    pub toxicity: f64,
+    pub attributes: Map<String, Value>,
+}
+
+/// The body of `POST /proxies`, `POST /populate` (a list of these) and
+/// `POST /proxies/{name}`. Unknown fields are ignored, as Toxiproxy does.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ProxyInput {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// The body of `POST /proxies/{name}/toxics` and of a toxic's update.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ToxicInput {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub stream: Option<String>,
+    pub toxicity: Option<f64>,
+    pub attributes: Option<Map<String, Value>>,
+}
+
+impl Toxic {
+    /// A new toxic from its body, checked: Toxiproxy's defaults (stream
+    /// downstream, toxicity 1, name `TYPE_STREAM`).
+    pub fn new(input: ToxicInput) -> Result<Self, ApiError> {
+        let kind = input.kind.ok_or_else(|| ApiError::bad("missing toxic type"))?;
+        let stream = input.stream.unwrap_or_else(|| "downstream".to_owned());
+        let toxic = Self {
+            name: input.name.unwrap_or_else(|| format!("{kind}_{stream}")),
+            kind,
+            stream,
+            toxicity: input.toxicity.unwrap_or(1.0),
+            attributes: input.attributes.unwrap_or_default(),
+        };
+        toxic.check()?;
+        Ok(toxic)
+    }
+
+    /// Applies an update: given fields replace, attributes are merged.
+    pub fn update(&self, input: ToxicInput) -> Result<Self, ApiError> {
+        let mut t = self.clone();
+        if let Some(kind) = input.kind.filter(|k| *k != t.kind) {
+            return Err(ApiError::bad(format!("a toxic's type cannot change ({} to {kind})", t.kind)));
+        }
+        if let Some(stream) = input.stream {
+            t.stream = stream;
+        }
+        if let Some(toxicity) = input.toxicity {
+            t.toxicity = toxicity;
+        }
+        for (k, v) in input.attributes.unwrap_or_default() {
+            t.attributes.insert(k, v);
+        }
+        t.check()?;
+        Ok(t)
+    }
+
+    fn check(&self) -> Result<(), ApiError> {
+        if self.name.is_empty() {
+            return Err(ApiError::bad("a toxic's name cannot be empty"));
+        }
+        self.direction()?;
+        let mut f = Faults::default();
+        self.apply(&mut f)
+    }
+
+    /// `upstream` (client to server: to the target) or `downstream`.
+    fn direction(&self) -> Result<Direction, ApiError> {
+        match self.stream.as_str() {
+            "upstream" => Ok(Direction::To),
+            "downstream" => Ok(Direction::From),
+            other => Err(ApiError::bad(format!("stream must be upstream or downstream, not '{other}'"))),
+        }
+    }
+
+    /// An attribute in milliseconds or bytes: a whole number ≥ 0 (absent: 0).
+    fn attr(&self, key: &str) -> Result<u64, ApiError> {
+        match self.attributes.get(key) {
+            None | Some(Value::Null) => Ok(0),
+            Some(v) => v.as_u64().ok_or_else(|| {
+                ApiError::bad(format!("{} attribute '{key}' must be a whole number ≥ 0, not {v}", self.kind))
+            }),
+        }
+    }
+
+    /// Adds this toxic's faults to `f` (the faults of its direction).
+    fn apply(&self, f: &mut Faults) -> Result<(), ApiError> {
+        if !(0.0..=1.0).contains(&self.toxicity) {
+            return Err(ApiError::bad(format!("toxicity must be between 0 and 1, not {}", self.toxicity)));
+        }
+        let per_connection = self.toxicity < 1.0 && self.toxicity > 0.0;
+        let all = pct(100.0)?;
+        match self.kind.as_str() {
+            "latency" => {
+                let (mean, jitter) = (self.attr("latency")?, self.attr("jitter")?);
+                if per_connection {
+                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
+                }
+                if self.toxicity == 0.0 || mean + jitter == 0 {
+                    return Ok(());
+                }
+                let d = f.delay.get_or_insert(Delay {
+                    mean: Duration::ZERO,
+                    jitter: Duration::ZERO,
+                    distribution: Distribution::Uniform,
+                    share: None,
+                    keep_order: false,
+                });
+                d.mean += Duration::from_millis(mean);
+                d.jitter += Duration::from_millis(jitter);
+                // A stream keeps its order through Toxiproxy's latency.
+                d.keep_order = !d.jitter.is_zero();
+            }
+            "bandwidth" => {
+                // KB/s, as Toxiproxy counts (1 KB = 1000 bytes); 0 = no limit.
+                let rate = self.attr("rate")?;
+                if per_connection {
+                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
+                }
+                if self.toxicity == 0.0 || rate == 0 {
+                    return Ok(());
+                }
+                let bytes = rate.checked_mul(1000).ok_or_else(|| ApiError::bad("bandwidth rate is too large"))?;
+                f.rate = Some(Rate(f.rate.map_or(bytes, |r| r.0.min(bytes))));
+            }
+            "timeout" => {
+                if self.attr("timeout")? > 0 {
+                    return Err(self.needs_flows("timeout > 0 (blackhole, then reset both ends)"));
+                }
+                if per_connection {
+                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
+                }
+                if self.toxicity > 0.0 {
+                    f.drop = Some(all);
+                }
+            }
+            "reset_peer" => {
+                if self.attr("timeout")? > 0 {
+                    return Err(self.needs_flows("reset_peer with a timeout (reset after N ms of the connection)"));
+                }
+                if per_connection {
+                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
+                }
+                if self.toxicity > 0.0 {
+                    f.reset = Some(all);
+                }
+            }
+            "slow_close" => {
+                self.attr("delay")?;
+                return Err(self.needs_flows("slow_close (holding a connection's FIN back: --tcp-flags)"));
+            }
+            "limit_data" => {
+                self.attr("bytes")?;
+                return Err(self.needs_flows("limit_data (reset after N bytes of a connection)"));
+            }
+            "slicer" => {
+                return Err(ApiError::bad(
+                    "slicer does not apply at the packet level: it cuts a byte stream into small writes, \
+                     and pygocentrus sees packets whose size the sender's TCP chose; use bandwidth or latency instead",
+                ));
+            }
+            other => {
+                return Err(ApiError::bad(format!(
+                    "unknown toxic type '{other}' (latency, bandwidth, timeout, reset_peer, slow_close, limit_data, slicer)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn needs_flows(&self, what: &str) -> ApiError {
+        ApiError::bad(format!("toxic {} ({}): {what} {NEEDS_FLOWS}", self.name, self.kind))
+    }
+}
+
+fn pct(v: f64) -> Result<Percent, ApiError> {
+    parse_percent(&v.to_string()).map_err(ApiError::bad)
+}
+
+impl Proxy {
+    /// A new proxy on `target` (the resolved upstream).
+    pub fn new(name: String, upstream: String, target: SocketAddr, enabled: bool) -> Self {
+        Self { name, listen: upstream.clone(), upstream, enabled, toxics: Vec::new(), target }
+    }
+
+    /// Its rules: one per direction that has faults; a disabled proxy
+    /// blackholes its target both ways.
+    pub fn rules(&self, endpoint: Option<&str>) -> Result<Vec<RuleSpec>, ApiError> {
+        let spec = |direction, faults| RuleSpec {
+            ip: Some(IpNet::from(self.target.ip())),
+            port: Some(self.target.port()),
+            endpoint: endpoint.map(str::to_owned),
+            proto: Proto::Tcp,
+            direction,
+            faults,
+            seed: None,
+        };
+        if !self.enabled {
+            return Ok(vec![spec(Direction::Both, Faults { drop: Some(pct(100.0)?), ..Faults::default() })]);
+        }
+        let mut out = Vec::new();
+        for direction in [Direction::To, Direction::From] {
+            let mut faults = Faults::default();
+            for t in self.toxics.iter().filter(|t| t.direction() == Ok(direction)) {
+                t.apply(&mut faults)?;
+            }
+            if faults.any() {
+                let rule = spec(direction, faults);
+                rule.validate(false).map_err(|e| ApiError::bad(format!("proxy {}: {e}", self.name)))?;
+                out.push(rule);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn toxic(v: Value) -> Result<Toxic, ApiError> {
+        Toxic::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn proxy(toxics: Vec<Toxic>) -> Proxy {
+        let mut p = Proxy::new("redis".into(), "198.18.0.2:6379".into(), "198.18.0.2:6379".parse().unwrap(), true);
+        p.toxics = toxics;
+        p
+    }
+
+    #[test]
+    fn toxiproxy_defaults() {
+        let t = toxic(json!({"type": "latency", "attributes": {"latency": 20}})).unwrap();
+        assert_eq!((t.name.as_str(), t.stream.as_str(), t.toxicity), ("latency_downstream", "downstream", 1.0));
+    }
+
+    #[test]
+    fn toxics_become_faults_in_their_direction() {
+        let p = proxy(vec![
+            toxic(json!({"type": "latency", "stream": "upstream", "attributes": {"latency": 20, "jitter": 5}}))
+                .unwrap(),
+            toxic(json!({"type": "bandwidth", "attributes": {"rate": 100}})).unwrap(),
+            toxic(json!({"type": "timeout", "name": "t", "attributes": {"timeout": 0}})).unwrap(),
+        ]);
+        let rules = p.rules(None).unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].direction, Direction::To);
+        let d = rules[0].faults.delay.unwrap();
+        assert_eq!((d.mean, d.jitter, d.keep_order), (Duration::from_millis(20), Duration::from_millis(5), true));
+        assert_eq!(rules[1].direction, Direction::From);
+        assert_eq!(rules[1].faults.rate, Some(Rate(100_000)));
+        assert_eq!(rules[1].faults.drop.unwrap().value(), 100.0);
+        assert_eq!(rules[1].proto, Proto::Tcp);
+    }
+
+    #[test]
+    fn a_disabled_proxy_blackholes_and_an_empty_one_has_no_rule() {
+        assert!(proxy(vec![]).rules(None).unwrap().is_empty());
+        let mut p = proxy(vec![]);
+        p.enabled = false;
+        let rules = p.rules(None).unwrap();
+        assert_eq!((rules.len(), rules[0].direction), (1, Direction::Both));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        for (body, needle) in [
+            (json!({"type": "slicer"}), "does not apply at the packet level"),
+            (json!({"type": "nosuch"}), "unknown toxic type 'nosuch'"),
+            (json!({"type": "limit_data", "attributes": {"bytes": 10}}), "flowfaults"),
+            (json!({"type": "timeout", "attributes": {"timeout": 100}}), "flowfaults"),
+            (json!({"type": "slow_close", "attributes": {"delay": 100}}), "flowfaults"),
+            (json!({"type": "latency", "toxicity": 0.5, "attributes": {"latency": 1}}), "per connection"),
+            (json!({"type": "latency", "toxicity": 1.5}), "between 0 and 1"),
+            (json!({"type": "latency", "attributes": {"latency": -1}}), "whole number"),
+            (json!({"type": "latency", "attributes": {"latency": "x"}}), "whole number"),
+            (json!({"type": "latency", "stream": "sideways"}), "upstream or downstream"),
+            (json!({"attributes": {}}), "missing toxic type"),
+        ] {
+            let e = toxic(body.clone()).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+}
