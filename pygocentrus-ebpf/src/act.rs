@@ -5,13 +5,10 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, programs::TcContext};
-use pygocentrus_common::{PROTO_TCP, PROTO_UDP, csum};
+use pygocentrus_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, csum};
 
 use crate::parse::Packet;
 
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
 /// Room for the longest TCP header (60 bytes), rounded up to a power of

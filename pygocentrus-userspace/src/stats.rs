@@ -32,7 +32,11 @@ impl Snapshot<'_> {
                 " | rule {id}: seen {} matched {} passed {} dropped {} corrupted {} corrupted-payload {} reset {}",
                 c.seen, c.matched, c.passed, c.dropped, c.corrupted, c.corrupted_payload, c.reset
             ));
-            // The delay family only when the rule has it, to keep the line short.
+            // Flow faults and the delay family only when the rule has them,
+            // to keep the line short.
+            if c.unplugged != 0 || r.faults.unplug_after.is_some() {
+                s.push_str(&format!(" unplugged {}", c.unplugged));
+            }
             if c.delayed + c.duplicated + c.rate_limited != 0 || r.faults.schedules() || r.faults.duplicate.is_some() {
                 s.push_str(&format!(
                     " delayed {} duplicated {} rate-limited {}",
@@ -60,6 +64,7 @@ impl Snapshot<'_> {
                     "delayed": c.delayed,
                     "duplicated": c.duplicated,
                     "rate_limited": c.rate_limited,
+                    "unplugged": c.unplugged,
                 })
             })
             .collect();
