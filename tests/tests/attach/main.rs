@@ -14,6 +14,7 @@ mod corrupt;
 mod delay;
 mod drop;
 mod endpoint;
+mod flow;
 mod lifecycle;
 mod reset;
 mod usage;
