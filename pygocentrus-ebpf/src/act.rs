@@ -71,6 +71,14 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
     ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | CSUM_FIELD_SIZE).map_err(|_| ())
 }
 
+/// Whether [`reset`] applies to the packet: a TCP segment that is not an
+/// initial SYN, not already a reset, not a fragment.
+#[inline(always)]
+pub fn resettable(pkt: &Packet) -> bool {
+    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    pkt.proto == PROTO_TCP && !(syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > 60)
+}
+
 /// Turns a TCP segment into a reset its receiver accepts as its peer's: the
 /// same sequence number (so it is exactly the next expected byte), RST plus
 /// the ACK flag and number it had, no payload, lengths and checksums fixed.
@@ -79,8 +87,7 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
 /// answers it is, and the client's connect fails with ECONNREFUSED.
 #[inline(always)]
 pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
-    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > 60 {
+    if !resettable(pkt) {
         return Err(());
     }
     let hlen = pkt.l4_hlen;

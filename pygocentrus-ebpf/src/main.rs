@@ -175,9 +175,22 @@ fn flags_match(pkt: &Packet, rule: &Rule) -> bool {
     pkt.proto == PROTO_TCP && f & rule.tcp_flags_any != 0 && f & rule.tcp_flags_clear == 0
 }
 
+/// What the flow limits of a rule decide for a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// No limit reached: the dice decide.
+    Dice,
+    /// Past the reset limit: make this segment the reset.
+    Reset,
+    /// The reset of this direction was sent: let the segment pass.
+    Pass,
+    /// The connection is unplugged: drop the packet.
+    Unplug,
+}
+
 /// The flow limits of a rule (`--unplug-after`, `--reset-after`): counts
-/// the packet in its connection's state and returns the verdict when a
-/// limit decides the packet's fate, `None` when the dice should.
+/// the packet in its connection's state and says whether a limit decides
+/// its fate.
 ///
 /// Reset first: a direction past its reset limit has its next TCP segment
 /// turned into a reset, and the segments after it pass untouched (the
@@ -186,11 +199,17 @@ fn flags_match(pkt: &Packet, rule: &Rule) -> bool {
 /// reset-after T blackholes a connection and resets it after T
 /// (Toxiproxy's `timeout`). Then unplug: a connection past its unplug
 /// limit loses every packet the rule matches from then on.
+///
+/// The reset itself is left to `judge`, so that the program has one copy
+/// of it (the verifier walks each copy): the direction is marked as reset
+/// here, and if the rewrite then fails the later segments pass (fail open).
 #[inline(always)]
-fn flow_limits(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Option<i32> {
+fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Flow {
     // SAFETY: a helper without arguments.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    let state = maps::conn_state(decide::mix64(dice.conn ^ u64::from(id)), now)?;
+    let Some(state) = maps::conn_state(decide::mix64(dice.conn ^ u64::from(id)), now) else {
+        return Flow::Dice;
+    };
     // Payload bytes: the L4 length past the TCP/UDP header (for other
     // protocols, whose header length is 0, the whole IP payload).
     let len = pkt.l4_len.saturating_sub(pkt.l4_hlen) as u64;
@@ -212,29 +231,25 @@ fn flow_limits(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice)
     };
     if past(rule.reset_kind, rule.reset_after) {
         if state.flags & reset_bit != 0 {
-            maps::count(id, bump_passed);
-            return Some(PASS);
+            return Flow::Pass;
         }
         if pkt.tcp_flags & TCP_RST != 0 {
             // Already a reset: it is this direction's.
             state.flags |= reset_bit;
-            maps::count(id, bump_passed);
-            return Some(PASS);
+            return Flow::Pass;
         }
-        if pkt.proto == PROTO_TCP && act::reset(ctx, pkt).is_ok() {
+        if act::resettable(pkt) {
             state.flags |= reset_bit;
-            maps::count(id, |c| c.reset += 1);
-            return Some(PASS);
+            return Flow::Reset;
         }
         // Not a segment that can carry the reset (an initial SYN, UDP):
         // the limits after this one still apply.
     }
     if state.flags & CONN_UNPLUGGED != 0 || past(rule.unplug_kind, rule.unplug_after) {
         state.flags |= CONN_UNPLUGGED;
-        maps::count(id, |c| c.unplugged += 1);
-        return Some(SHOT);
+        return Flow::Unplug;
     }
-    None
+    Flow::Dice
 }
 
 /// Throws the rule's dice in order (loss model and drop, reset, corrupt,
@@ -245,16 +260,24 @@ fn flow_limits(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice)
 #[inline(always)]
 fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, hook: Hook) -> i32 {
     let dice = Dice::new(pkt, rule);
-    if rule.limits_flows()
-        && let Some(verdict) = flow_limits(ctx, pkt, id, rule, &dice)
-    {
-        return verdict;
+    let flow = if rule.limits_flows() { flow_limits(pkt, id, rule, &dice) } else { Flow::Dice };
+    match flow {
+        Flow::Pass => {
+            maps::count(id, bump_passed);
+            return PASS;
+        }
+        Flow::Unplug => {
+            maps::count(id, |c| c.unplugged += 1);
+            return SHOT;
+        }
+        Flow::Dice | Flow::Reset => {}
     }
-    if dice.fires(rule.drop, Action::Drop) || (rule.flags & RULE_GE != 0 && ge_loss(id, rule, &dice)) {
+    let flow_reset = flow == Flow::Reset;
+    if !flow_reset && (dice.fires(rule.drop, Action::Drop) || (rule.flags & RULE_GE != 0 && ge_loss(id, rule, &dice))) {
         maps::count(id, |c| c.dropped += 1);
         return SHOT;
     }
-    if dice.fires(rule.reset, Action::Reset) && pkt.proto == PROTO_TCP && act::reset(ctx, pkt).is_ok() {
+    if (flow_reset || dice.fires(rule.reset, Action::Reset)) && pkt.proto == PROTO_TCP && act::reset(ctx, pkt).is_ok() {
         maps::count(id, |c| c.reset += 1);
         return PASS;
     }
