@@ -106,4 +106,22 @@ mod tests {
         assert_eq!(j["rules"][0]["rule"], "ip to/from *:9 drop 5%");
         assert_eq!(j["classifier_seen"], 10);
     }
+
+    #[test]
+    fn unplugged_shows_with_unplug_after() {
+        let Command::Attach(a) =
+            Cli::try_parse_from(["p", "attach", "--iface", "x", "--port", "9", "--unplug-after", "5s"])
+                .unwrap()
+                .command
+        else {
+            unreachable!()
+        };
+        let rules = [RuleSpec::from_attach(&a).unwrap()];
+        let slots =
+            [Counters::default(), Counters { seen: 4, matched: 4, passed: 1, unplugged: 3, ..Default::default() }];
+        let snap = Snapshot { elapsed: Duration::from_secs(1), slots: &slots, rules: &rules };
+        assert!(snap.text().ends_with(" reset 0 unplugged 3"), "{}", snap.text());
+        assert_eq!(snap.json("counters")["rules"][0]["unplugged"], 3);
+        assert_eq!(snap.json("counters")["rules"][0]["rule"], "ip to/from *:9 unplug after 5s");
+    }
 }

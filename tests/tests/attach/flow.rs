@@ -307,3 +307,41 @@ fn tcp_flags_syn_drop_100_stops_new_connections_only() {
     assert_eq!(out.counter("dropped"), 1, "{out}");
     assert!(out.counter("seen") > out.counter("matched"), "segments without SYN were not left alone: {out}");
 }
+
+/// Toxiproxy's `timeout` toxic: connections come up, their data vanishes,
+/// and after the timeout both ends are reset.
+#[test]
+fn unplug_after_0b_with_reset_after_1s_blackholes_then_resets_both_ends() {
+    let (lab, client, server) = Lab::pair("timeout");
+    let listener = tcp_listener(&server, false, PORT);
+    let to = server.addr(false, PORT);
+    let tool = lab.attach(&rule("tcp", None, args!["--unplug-after", "0b", "--reset-after", "1s", "--json"]));
+    // The handshake carries no payload: it passes.
+    let (mut conn, mut accepted) = connected(&client, &listener, to);
+    let start = Instant::now();
+    conn.write_all(b"request").expect("writing");
+    // The request never arrives; the first retransmission after 1 s
+    // becomes the server's reset (the client retransmits 0.2, 0.6, 1.4,
+    // 3 s after sending, the kernel's minimal RTO doubling).
+    accepted.set_read_timeout(Some(Duration::from_secs(10))).expect("setting a timeout");
+    let server_end = accepted.read(&mut [0u8; 16]);
+    let server_after = start.elapsed();
+    // The next retransmission passes; the server's kernel, its socket
+    // gone, answers it with a reset that reaches the client.
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("setting a timeout");
+    let client_end = conn.read(&mut [0u8; 16]);
+    let client_after = start.elapsed();
+    let out = tool.terminate();
+
+    match server_end {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the server's end was not reset: {other:?} after {server_after:?}\n{out}"),
+    }
+    assert!(server_after >= Duration::from_secs(1), "the server was reset before the timeout: {server_after:?}");
+    match client_end {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the client's end was not reset: {other:?} after {client_after:?}\n{out}"),
+    }
+    assert!(out.counter("unplugged") >= 1, "{out}");
+    assert_eq!(out.counter("reset"), 1, "{out}");
+}
