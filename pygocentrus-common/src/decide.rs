@@ -30,6 +30,23 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
     mix64(h ^ word(&k.daddr, 1))
 }
 
+/// A hash of one end of a connection: address and port.
+#[inline(always)]
+pub fn endpoint_hash(addr: &[u8; 16], port: [u8; 2]) -> u64 {
+    let h = mix64(word(addr, 0) ^ u64::from(u16::from_be_bytes(port)));
+    mix64(h ^ word(addr, 1))
+}
+
+/// A hash of a connection that is the same for both of its directions,
+/// and whether this packet goes "forward" (its sender has the smaller
+/// endpoint hash; a connection from an endpoint to itself is forward both
+/// ways).
+#[inline(always)]
+pub fn conn_hash(saddr: &[u8; 16], daddr: &[u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> (u64, bool) {
+    let (s, d) = (endpoint_hash(saddr, sport), endpoint_hash(daddr, dport));
+    (mix64(s.wrapping_add(d) ^ u64::from(proto)), s <= d)
+}
+
 /// The draw for one action on the `index`-th packet (counting from 0) of a
 /// flow under a seeded rule: a pure function of its inputs.
 #[inline(always)]
@@ -65,6 +82,20 @@ mod tests {
         assert_ne!(a, seeded_draw(1, 9, 3, Action::Drop));
         assert_ne!(a, seeded_draw(1, 2, 9, Action::Drop));
         assert_ne!(a, seeded_draw(1, 2, 3, Action::Reset));
+    }
+
+    #[test]
+    fn both_directions_of_a_connection_hash_the_same() {
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let (ab, fwd_ab) = conn_hash(&a, &b, [0, 80], [200, 1], 6);
+        let (ba, fwd_ba) = conn_hash(&b, &a, [200, 1], [0, 80], 6);
+        assert_eq!(ab, ba);
+        assert_ne!(fwd_ab, fwd_ba);
+        // Another port, another protocol: another connection.
+        assert_ne!(ab, conn_hash(&a, &b, [0, 81], [200, 1], 6).0);
+        assert_ne!(ab, conn_hash(&a, &b, [0, 80], [200, 1], 17).0);
+        // Swapping only the ports is another connection too.
+        assert_ne!(ab, conn_hash(&a, &b, [200, 1], [0, 80], 6).0);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub const MAP_RULE_STATE: &str = "RULE_STATE";
 pub const MAP_DIST: &str = "DIST";
 pub const MAP_ORDER: &str = "ORDER";
 pub const MAP_ENDPOINT: &str = "ENDPOINT";
+pub const MAP_CONNS: &str = "CONNS";
 
 /// Rules are numbered `1..=MAX_RULES`; 0 means "no rule" in a [`TargetValue`].
 /// Counter slot 0 holds the totals of the program itself.
@@ -111,6 +112,35 @@ pub const RULE_GE: u32 = 2;
 /// Rule flag: a packet never leaves before an earlier packet of its flow
 /// (jitter then stretches gaps instead of reordering).
 pub const RULE_KEEP_ORDER: u32 = 4;
+/// Rule flag: each probability (drop, reset, corrupt, corrupt-payload,
+/// duplicate, delay share) is drawn once per connection instead of once
+/// per packet: a hash of (seed, connection, action), where the connection
+/// hash is the same in both directions ([`decide::conn_hash`]). A
+/// connection then gets all of a fault's packets or none (Toxiproxy's
+/// `toxicity`). The "how" draws (payload byte, jitter, loss model) stay
+/// per packet.
+pub const RULE_PER_CONNECTION: u32 = 8;
+
+/// What a flow limit ([`Rule::unplug_after`], [`Rule::reset_after`])
+/// counts. Bytes are L4 payload bytes (IP payload minus the TCP/UDP
+/// header: what the applications exchange), packets are IP packets; both
+/// are counted per direction of the connection, over the packets the rule
+/// matched (retransmissions count again). Time runs from the first packet
+/// of the connection the rule saw, in either direction.
+pub const LIMIT_NONE: u32 = 0;
+pub const LIMIT_BYTES: u32 = 1;
+pub const LIMIT_PACKETS: u32 = 2;
+pub const LIMIT_NS: u32 = 3;
+
+/// TCP flag bits as they sit in byte 13 of the header.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_ECE: u8 = 0x40;
+pub const TCP_CWR: u8 = 0x80;
 
 /// Jitter distributions (netem's four). All but uniform read a table of
 /// [`DIST_TABLE_SIZE`] values from the `DIST` map, at index `distribution - 1`.
@@ -174,6 +204,22 @@ pub struct Rule {
     /// Rate limit in bytes per second (0: none).
     pub rate_bytes: u64,
     pub ge: GeModel,
+    /// "Cable unplug": once a connection passes this limit (its kind in
+    /// `unplug_kind`, a `LIMIT_*`), every later packet of it the rule
+    /// matches, both directions, is dropped. Bytes, packets or ns.
+    pub unplug_after: u64,
+    /// Once a direction of a connection passes this limit (kind in
+    /// `reset_kind`), its next TCP segment becomes a reset; the segments of
+    /// that direction after the reset pass, so that the reset peer's kernel
+    /// answers them with resets of its own and both ends close.
+    pub reset_after: u64,
+    pub unplug_kind: u32,
+    pub reset_kind: u32,
+    /// With a non-zero `tcp_flags_any`, the rule judges only TCP segments
+    /// carrying at least one of these flags (`TCP_*` bits) and none of
+    /// `tcp_flags_clear`; other packets pass uncounted but for `seen`.
+    pub tcp_flags_any: u32,
+    pub tcp_flags_clear: u32,
 }
 
 impl Rule {
@@ -181,7 +227,35 @@ impl Rule {
     pub const fn schedules(&self) -> bool {
         ((self.delay_ns != 0 || self.jitter_ns != 0) && self.delay_prob != PROB_NEVER) || self.rate_bytes != 0
     }
+
+    /// Whether the rule keeps per-connection state in the `CONNS` map.
+    pub const fn limits_flows(&self) -> bool {
+        self.unplug_kind != LIMIT_NONE || self.reset_kind != LIMIT_NONE
+    }
 }
+
+/// Value of the `CONNS` LRU map, keyed by a hash of (connection, rule)
+/// that is the same in both directions. "Forward" is the direction whose
+/// sender has the smaller endpoint hash ([`decide::conn_hash`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// Monotonic ns of the first packet the rule saw.
+    pub start_ns: u64,
+    pub bytes_fwd: u64,
+    pub bytes_rev: u64,
+    pub packets_fwd: u64,
+    pub packets_rev: u64,
+    /// `CONN_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`ConnState`] flag: the connection is unplugged.
+pub const CONN_UNPLUGGED: u32 = 1;
+/// [`ConnState`] flags: the reset of that direction was sent.
+pub const CONN_RESET_FWD: u32 = 2;
+pub const CONN_RESET_REV: u32 = 4;
 
 /// What a rule remembers between packets (one, shared by all CPUs; the
 /// kernel updates it without a lock: two CPUs racing may each take the
@@ -243,6 +317,8 @@ pub struct Counters {
     pub duplicated: u64,
     /// Packets held back by the rate limit.
     pub rate_limited: u64,
+    /// Packets dropped because their connection is unplugged.
+    pub unplugged: u64,
 }
 
 impl Counters {
@@ -257,6 +333,7 @@ impl Counters {
         self.delayed += other.delayed;
         self.duplicated += other.duplicated;
         self.rate_limited += other.rate_limited;
+        self.unplugged += other.unplugged;
     }
 
     /// What was counted since `before` (a snapshot of the same counters).
@@ -272,6 +349,7 @@ impl Counters {
             delayed: self.delayed.wrapping_sub(before.delayed),
             duplicated: self.duplicated.wrapping_sub(before.duplicated),
             rate_limited: self.rate_limited.wrapping_sub(before.rate_limited),
+            unplugged: self.unplugged.wrapping_sub(before.unplugged),
         }
     }
 }
@@ -345,4 +423,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DistTable {}
     unsafe impl aya::Pod for super::RuleState {}
+    unsafe impl aya::Pod for super::ConnState {}
 }

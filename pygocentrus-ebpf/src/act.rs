@@ -5,13 +5,10 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, programs::TcContext};
-use pygocentrus_common::{PROTO_TCP, PROTO_UDP, csum};
+use pygocentrus_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, csum};
 
 use crate::parse::Packet;
 
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
 /// Room for the longest TCP header (60 bytes), rounded up to a power of
@@ -74,6 +71,14 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
     ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | CSUM_FIELD_SIZE).map_err(|_| ())
 }
 
+/// Whether [`reset`] applies to the packet: a TCP segment that is not an
+/// initial SYN, not already a reset, not a fragment.
+#[inline(always)]
+pub fn resettable(pkt: &Packet) -> bool {
+    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    pkt.proto == PROTO_TCP && !(syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > 60)
+}
+
 /// Turns a TCP segment into a reset its receiver accepts as its peer's: the
 /// same sequence number (so it is exactly the next expected byte), RST plus
 /// the ACK flag and number it had, no payload, lengths and checksums fixed.
@@ -82,8 +87,7 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
 /// answers it is, and the client's connect fails with ECONNREFUSED.
 #[inline(always)]
 pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
-    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > 60 {
+    if !resettable(pkt) {
         return Err(());
     }
     let hlen = pkt.l4_hlen;

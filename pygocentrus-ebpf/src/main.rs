@@ -16,8 +16,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pygocentrus_common::{
-    Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_PORTLESS, Config, Counters, MARK_DUPLICATE, PROB_NEVER, PROTO_TCP,
-    RULE_GE, Rule, SIDE_FROM, SIDE_TO, TargetValue, Threshold, decide,
+    Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_PORTLESS, CONN_RESET_FWD, CONN_RESET_REV, CONN_UNPLUGGED, Config,
+    Counters, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MARK_DUPLICATE, PROB_NEVER, PROTO_TCP, RULE_GE,
+    RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_RST, TargetValue, Threshold, decide,
 };
 
 use crate::parse::Packet;
@@ -77,6 +78,11 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
     let Some((id, rule)) = find_rule(&pkt, cfg, hook) else {
         return Ok(PASS);
     };
+    if !flags_match(&pkt, rule) {
+        // The rule's target, but not a segment it judges (--tcp-flags).
+        maps::count(id, |c| c.seen += 1);
+        return Ok(PASS);
+    }
     if copy {
         return Ok(if hook == Hook::Egress { schedule(ctx, &pkt, id, rule, &Dice::new(&pkt, rule)) } else { PASS });
     }
@@ -157,6 +163,95 @@ fn first_rule(entry: &TargetValue) -> u32 {
     0
 }
 
+/// Whether the packet is one the rule judges by its TCP flags: every
+/// packet if the rule names none, else TCP segments with at least one of
+/// `tcp_flags_any` and none of `tcp_flags_clear`.
+#[inline(always)]
+fn flags_match(pkt: &Packet, rule: &Rule) -> bool {
+    if rule.tcp_flags_any == 0 {
+        return true;
+    }
+    let f = u32::from(pkt.tcp_flags);
+    pkt.proto == PROTO_TCP && f & rule.tcp_flags_any != 0 && f & rule.tcp_flags_clear == 0
+}
+
+/// What the flow limits of a rule decide for a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// No limit reached: the dice decide.
+    Dice,
+    /// Past the reset limit: make this segment the reset.
+    Reset,
+    /// The reset of this direction was sent: let the segment pass.
+    Pass,
+    /// The connection is unplugged: drop the packet.
+    Unplug,
+}
+
+/// The flow limits of a rule (`--unplug-after`, `--reset-after`): counts
+/// the packet in its connection's state and says whether a limit decides
+/// its fate.
+///
+/// Reset first: a direction past its reset limit has its next TCP segment
+/// turned into a reset, and the segments after it pass untouched (the
+/// reset peer's kernel answers them with resets, closing the other end
+/// too), even when the connection is also unplugged: unplug-after 0 with
+/// reset-after T blackholes a connection and resets it after T
+/// (Toxiproxy's `timeout`). Then unplug: a connection past its unplug
+/// limit loses every packet the rule matches from then on.
+///
+/// The reset itself is left to `judge`, so that the program has one copy
+/// of it (the verifier walks each copy): the direction is marked as reset
+/// here, and if the rewrite then fails the later segments pass (fail open).
+#[inline(always)]
+fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Flow {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let Some(state) = maps::conn_state(decide::mix64(dice.conn ^ u64::from(id)), now) else {
+        return Flow::Dice;
+    };
+    // Payload bytes: the L4 length past the TCP/UDP header (for other
+    // protocols, whose header length is 0, the whole IP payload).
+    let len = pkt.l4_len.saturating_sub(pkt.l4_hlen) as u64;
+    let (bytes, packets, reset_bit) = if dice.forward {
+        state.bytes_fwd += len;
+        state.packets_fwd += 1;
+        (state.bytes_fwd, state.packets_fwd, CONN_RESET_FWD)
+    } else {
+        state.bytes_rev += len;
+        state.packets_rev += 1;
+        (state.bytes_rev, state.packets_rev, CONN_RESET_REV)
+    };
+    let age = now.saturating_sub(state.start_ns);
+    let past = |kind: u32, limit: u64| match kind {
+        LIMIT_BYTES => bytes > limit,
+        LIMIT_PACKETS => packets > limit,
+        LIMIT_NS => age > limit,
+        _ => false,
+    };
+    if past(rule.reset_kind, rule.reset_after) {
+        if state.flags & reset_bit != 0 {
+            return Flow::Pass;
+        }
+        if pkt.tcp_flags & TCP_RST != 0 {
+            // Already a reset: it is this direction's.
+            state.flags |= reset_bit;
+            return Flow::Pass;
+        }
+        if act::resettable(pkt) {
+            state.flags |= reset_bit;
+            return Flow::Reset;
+        }
+        // Not a segment that can carry the reset (an initial SYN, UDP):
+        // the limits after this one still apply.
+    }
+    if state.flags & CONN_UNPLUGGED != 0 || past(rule.unplug_kind, rule.unplug_after) {
+        state.flags |= CONN_UNPLUGGED;
+        return Flow::Unplug;
+    }
+    Flow::Dice
+}
+
 /// Throws the rule's dice in order (loss model and drop, reset, corrupt,
 /// corrupt-payload) and applies the first that fires. A fault that does not
 /// apply to this packet (a reset of an initial SYN, a payload fault on an
@@ -165,11 +260,24 @@ fn first_rule(entry: &TargetValue) -> u32 {
 #[inline(always)]
 fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, hook: Hook) -> i32 {
     let dice = Dice::new(pkt, rule);
-    if dice.fires(rule.drop, Action::Drop) || (rule.flags & RULE_GE != 0 && ge_loss(id, rule, &dice)) {
+    let flow = if rule.limits_flows() { flow_limits(pkt, id, rule, &dice) } else { Flow::Dice };
+    match flow {
+        Flow::Pass => {
+            maps::count(id, bump_passed);
+            return PASS;
+        }
+        Flow::Unplug => {
+            maps::count(id, |c| c.unplugged += 1);
+            return SHOT;
+        }
+        Flow::Dice | Flow::Reset => {}
+    }
+    let flow_reset = flow == Flow::Reset;
+    if !flow_reset && (dice.fires(rule.drop, Action::Drop) || (rule.flags & RULE_GE != 0 && ge_loss(id, rule, &dice))) {
         maps::count(id, |c| c.dropped += 1);
         return SHOT;
     }
-    if dice.fires(rule.reset, Action::Reset) && pkt.proto == PROTO_TCP && act::reset(ctx, pkt).is_ok() {
+    if (flow_reset || dice.fires(rule.reset, Action::Reset)) && pkt.proto == PROTO_TCP && act::reset(ctx, pkt).is_ok() {
         maps::count(id, |c| c.reset += 1);
         return PASS;
     }
@@ -266,25 +374,40 @@ fn bump_passed(c: &mut Counters) {
 
 /// Where a rule's randomness comes from: the kernel's PRNG, or with
 /// `--seed` a hash of (seed, flow, packet index in the flow, action).
+/// With `--per-connection` the decisions (`fires`) are a hash of (seed,
+/// connection, action) instead, the same for every packet of the
+/// connection in both directions; the other draws stay per packet.
 /// Plain fields (no `Option` of a tuple): every register the verifier sees
 /// spilled is initialised on both paths.
 struct Dice {
     seeded: bool,
+    per_conn: bool,
+    /// The packet goes in its connection's "forward" direction.
+    forward: bool,
     seed: u64,
     flow: u64,
     index: u64,
+    /// The connection hash (both directions the same), when the rule
+    /// decides per connection or keeps connection state.
+    conn: u64,
 }
 
 impl Dice {
     #[inline(always)]
     fn new(pkt: &Packet, rule: &Rule) -> Self {
-        let mut dice = Self { seeded: false, seed: 0, flow: 0, index: 0 };
-        if rule.flags & pygocentrus_common::RULE_SEEDED != 0 {
+        let mut dice =
+            Self { seeded: false, per_conn: false, forward: false, seed: rule.seed, flow: 0, index: 0, conn: 0 };
+        if rule.flags & RULE_SEEDED != 0 {
             let key = pkt.flow_key();
             dice.seeded = true;
-            dice.seed = rule.seed;
             dice.flow = decide::flow_hash(&key);
             dice.index = maps::next_flow_index(&key);
+        }
+        if rule.flags & RULE_PER_CONNECTION != 0 || rule.limits_flows() {
+            let (conn, forward) = decide::conn_hash(&pkt.saddr, &pkt.daddr, pkt.sport, pkt.dport, pkt.proto);
+            dice.per_conn = rule.flags & RULE_PER_CONNECTION != 0;
+            dice.conn = conn;
+            dice.forward = forward;
         }
         dice
     }
@@ -299,9 +422,15 @@ impl Dice {
         }
     }
 
+    /// Whether a fault with this probability hits the packet (with
+    /// `--per-connection`: its connection).
     #[inline(always)]
     fn fires(&self, threshold: Threshold, action: Action) -> bool {
-        threshold != PROB_NEVER && decide::fires(self.draw(action), threshold)
+        if threshold == PROB_NEVER {
+            return false;
+        }
+        let draw = if self.per_conn { decide::seeded_draw(self.seed, self.conn, 0, action) } else { self.draw(action) };
+        decide::fires(draw, threshold)
     }
 }
 

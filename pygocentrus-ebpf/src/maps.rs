@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use pygocentrus_common::{
-    ADDR_BITS, Config, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, FlowKey, MAX_FLOWS, MAX_TARGETS, PORT_BITS,
-    PortMark, RULE_SLOTS, Rule, RuleState, TargetKey, TargetValue,
+    ADDR_BITS, Config, ConnState, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, FlowKey, MAX_FLOWS, MAX_TARGETS,
+    PORT_BITS, PortMark, RULE_SLOTS, Rule, RuleState, TargetKey, TargetValue,
 };
 
 /// (port, address prefix) → the rules of that target.
@@ -144,4 +144,39 @@ pub fn in_flow_order(key: &FlowKey, departure: u64) -> u64 {
             departure
         }
     }
+}
+
+/// Hash of (connection, rule), the same both ways → what the rule's flow
+/// limits count of that connection (`--unplug-after`, `--reset-after`).
+#[map(name = "CONNS")]
+static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// One per CPU: where a new [`ConnState`] is built before it is copied
+/// into `CONNS`, so that it takes no room on the 512-byte stack.
+#[map(name = "CONN_SCRATCH")]
+static CONN_SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The state of connection `key`, created (started at `now`) if absent.
+/// `None` if the LRU can take no entry: the limits then do not apply
+/// (fail open).
+#[inline(always)]
+pub fn conn_state(key: u64, now: u64) -> Option<&'static mut ConnState> {
+    if let Some(p) = CONNS.get_ptr_mut(key) {
+        // SAFETY: a valid pointer into the map's value; CPUs racing on one
+        // connection may lose a count, which only moves a limit by a packet.
+        return Some(unsafe { &mut *p });
+    }
+    let fresh = CONN_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own slot. Only `start_ns` is ever written: the
+    // other fields keep the zeros the array starts with (zeroing them here
+    // would compile to a `memset` call, which the verifier refuses).
+    let fresh: &ConnState = unsafe {
+        (*fresh).start_ns = now;
+        &*fresh
+    };
+    // Copied from the scratch slot by the kernel (a reference, not a value:
+    // a value would be copied onto the stack first).
+    CONNS.insert(key, fresh, 0).ok()?;
+    // SAFETY: as above.
+    CONNS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }

@@ -397,7 +397,7 @@ async fn delete_rule(AxState(s): AxState<Shared>, Path(name): Path<String>) -> A
 }
 
 /// The counters of a rule as (name, value) pairs, in the order shown.
-fn counter_fields(c: &Counters) -> [(&'static str, u64); 10] {
+fn counter_fields(c: &Counters) -> [(&'static str, u64); 11] {
     [
         ("seen", c.seen),
         ("matched", c.matched),
@@ -409,6 +409,7 @@ fn counter_fields(c: &Counters) -> [(&'static str, u64); 10] {
         ("delayed", c.delayed),
         ("duplicated", c.duplicated),
         ("rate_limited", c.rate_limited),
+        ("unplugged", c.unplugged),
     ]
 }
 

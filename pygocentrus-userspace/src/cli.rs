@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{de, ser},
-    plan::{GeSpec, parse_loss_model},
-    units::{Percent, Rate, parse_duration, parse_percent, parse_rate},
+    plan::{GeSpec, TcpFlags, parse_loss_model, parse_tcp_flags},
+    units::{FlowLimit, Percent, Rate, parse_duration, parse_flow_limit, parse_percent, parse_rate},
 };
 
 #[derive(Debug, Parser)]
@@ -74,6 +74,15 @@ Examples:
 
   # every packet to or from the container `db` vanishes, other containers on its network are spared
   sudo pygocentrus attach --container db --drop 100
+
+  # half of the connections to port 8080 fail entirely, the other half never lose a packet
+  sudo pygocentrus attach --iface br0 --port 8080 --proto tcp --drop 50 --per-connection
+
+  # every connection to 198.18.0.2:5432 goes silent after 10 kB, as if a cable were pulled
+  sudo pygocentrus attach --iface br0 --ip 198.18.0.2 --port 5432 --unplug-after 10kb
+
+  # connection attempts to port 6379 time out; open connections keep working
+  sudo pygocentrus attach --iface br0 --port 6379 --tcp-flags syn-only --drop 100
 
   # resets on one container's port 6379, in a namespace made with `ip netns add`
   sudo pygocentrus attach --netns /var/run/netns/redis --port 6379 --proto tcp --reset 100";
@@ -252,6 +261,46 @@ pub struct RuleArgs {
         skip_serializing_if = "Option::is_none"
     )]
     pub duplicate: Option<Percent>,
+
+    /// Decide each probability once per connection rather than per packet:
+    /// a connection gets all of a fault's packets or none (both directions
+    /// of a connection decide alike). Toxiproxy's `toxicity`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub per_connection: bool,
+
+    /// "Cable unplug": once a connection has carried this much in one
+    /// direction (10kb, 64kib: payload bytes; 100pkt: packets) or lived this
+    /// long (5s), every later packet of it is silently dropped, both ways.
+    #[arg(long, value_name = "SIZE|Npkt|DUR", value_parser = parse_flow_limit)]
+    #[serde(
+        deserialize_with = "de::flow_limit",
+        serialize_with = "ser::flow_limit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unplug_after: Option<FlowLimit>,
+
+    /// Once a direction of a TCP connection has carried this much (10kb,
+    /// 100pkt) or the connection lived this long (5s), its next segment
+    /// becomes a reset (ECONNRESET), like Toxiproxy's limit_data.
+    #[arg(long, value_name = "SIZE|Npkt|DUR", value_parser = parse_flow_limit)]
+    #[serde(
+        deserialize_with = "de::flow_limit",
+        serialize_with = "ser::flow_limit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reset_after: Option<FlowLimit>,
+
+    /// Judge only TCP segments with at least one of these flags (comma
+    /// list of syn, fin, rst, ack, psh, urg, ece, cwr), or `syn-only`
+    /// (SYN without ACK: connection attempts). Other packets pass.
+    #[arg(long, value_name = "FLAGS", value_parser = parse_tcp_flags)]
+    #[serde(
+        deserialize_with = "de::tcp_flags",
+        serialize_with = "ser::display",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_flags: Option<TcpFlags>,
 
     /// Make decisions reproducible: the same traffic gets the same faults.
     #[arg(long, value_name = "N")]

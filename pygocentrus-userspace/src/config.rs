@@ -151,8 +151,8 @@ pub mod de {
 
     use crate::{
         cli::parse_ipnet,
-        plan::{GeSpec, parse_loss_model},
-        units::{Percent, Rate, parse_duration, parse_percent, parse_rate},
+        plan::{GeSpec, TcpFlags, parse_loss_model, parse_tcp_flags},
+        units::{FlowLimit, Percent, Rate, parse_duration, parse_flow_limit, parse_percent, parse_rate},
     };
 
     struct Text<T> {
@@ -209,6 +209,14 @@ pub mod de {
         text(d, parse_loss_model, "a loss model: \"gemodel:P[,R[,1-H[,1-K]]]\"")
     }
 
+    pub fn flow_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FlowLimit>, D::Error> {
+        text(d, parse_flow_limit, "a size, a packet count or a duration: \"10kb\", \"100pkt\", \"5s\"")
+    }
+
+    pub fn tcp_flags<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TcpFlags>, D::Error> {
+        text(d, parse_tcp_flags, "TCP flags: \"syn\", \"syn,fin\" or \"syn-only\"")
+    }
+
     pub fn required_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         duration(d)?.ok_or_else(|| serde::de::Error::custom("a duration is required"))
     }
@@ -233,7 +241,10 @@ pub mod ser {
 
     use serde::Serializer;
 
-    use crate::{plan::GeSpec, units::Percent, units::Rate};
+    use crate::{
+        plan::GeSpec,
+        units::{FlowLimit, Percent, Rate},
+    };
 
     fn text<S: Serializer>(s: S, v: Option<String>) -> Result<S::Ok, S::Error> {
         match v {
@@ -256,6 +267,16 @@ pub mod ser {
 
     pub fn required_duration<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ns", v.as_nanos()))
+    }
+
+    pub fn flow_limit<S: Serializer>(v: &Option<FlowLimit>, s: S) -> Result<S::Ok, S::Error> {
+        text(
+            s,
+            v.map(|l| match l {
+                FlowLimit::Time(d) => format!("{}ns", d.as_nanos()),
+                other => other.to_string(),
+            }),
+        )
     }
 
     pub fn rate<S: Serializer>(v: &Option<Rate>, s: S) -> Result<S::Ok, S::Error> {

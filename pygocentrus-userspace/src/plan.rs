@@ -6,24 +6,32 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 use ipnet::IpNet;
 use pygocentrus_common::{
     ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_ENDPOINT, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO,
-    DIST_PARETONORMAL, DIST_UNIFORM, GeModel, MAX_RULES, PORT_BITS, PROB_ALWAYS, RULE_GE, RULE_KEEP_ORDER, RULE_SEEDED,
-    Rule, SIDE_FROM, SIDE_TO, TargetKey, TargetValue,
+    DIST_PARETONORMAL, DIST_UNIFORM, GeModel, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MAX_RULES, PORT_BITS, PROB_ALWAYS,
+    RULE_GE, RULE_KEEP_ORDER, RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_ACK, TCP_CWR, TCP_ECE,
+    TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TargetKey, TargetValue,
 };
 use thiserror::Error;
 
 use crate::{
     cli::{AttachArgs, Behavior, Direction, Distribution, Proto, RuleArgs},
     netlink::FqParams,
-    units::{Percent, Rate, parse_percent},
+    units::{FlowLimit, Percent, Rate, parse_percent},
 };
 
 /// Input that cannot work: reported in one line, exit status 2.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum UsageError {
     #[error(
-        "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate or --loss-model"
+        "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate, --loss-model, --unplug-after or --reset-after"
     )]
     NoFault,
+    #[error(
+        "--per-connection needs a fault with a percentage: --drop, --reset, --corrupt, --corrupt-payload, --duplicate or --delay-pct"
+    )]
+    PerConnectionNeedsShare,
+    /// A flag that only means something for TCP, with `--proto udp`.
+    #[error("{0} needs TCP, but --proto is udp")]
+    NeedsTcp(&'static str),
     #[error("{0} needs --delay")]
     NeedsDelay(&'static str),
     #[error("--distribution needs --jitter")]
@@ -84,6 +92,72 @@ pub struct Faults {
     pub loss_model: Option<GeSpec>,
     pub delay: Option<Delay>,
     pub rate: Option<Rate>,
+    /// Each percentage above decides per connection (both directions
+    /// alike), not per packet: Toxiproxy's `toxicity`.
+    pub per_connection: bool,
+    /// Drop every packet of a connection past this point, both ways.
+    pub unplug_after: Option<FlowLimit>,
+    /// Turn the next TCP segment of a direction past this point into a
+    /// reset (Toxiproxy's `limit_data`).
+    pub reset_after: Option<FlowLimit>,
+}
+
+/// `--tcp-flags`: the TCP segments a rule judges, those with at least one
+/// flag of `any` and none of `clear` (`TCP_*` bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub any: u8,
+    pub clear: u8,
+}
+
+const TCP_FLAG_NAMES: [(&str, u8); 8] = [
+    ("fin", TCP_FIN),
+    ("syn", TCP_SYN),
+    ("rst", TCP_RST),
+    ("psh", TCP_PSH),
+    ("ack", TCP_ACK),
+    ("urg", TCP_URG),
+    ("ece", TCP_ECE),
+    ("cwr", TCP_CWR),
+];
+
+/// `syn,fin,rst,ack,psh,urg,ece,cwr` (any of them) or `syn-only` (SYN
+/// without ACK: connection attempts).
+pub fn parse_tcp_flags(s: &str) -> Result<TcpFlags, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "syn-only" {
+        return Ok(TcpFlags { any: TCP_SYN, clear: TCP_ACK });
+    }
+    let mut any = 0;
+    for name in t.split(',').map(str::trim) {
+        let bit = TCP_FLAG_NAMES.iter().find(|(n, _)| *n == name).map(|(_, b)| *b).ok_or_else(|| {
+            format!(
+                "'{name}' is not a TCP flag (write a comma list of syn, fin, rst, ack, psh, urg, ece, cwr, or syn-only)"
+            )
+        })?;
+        any |= bit;
+    }
+    Ok(TcpFlags { any, clear: 0 })
+}
+
+impl fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == (TcpFlags { any: TCP_SYN, clear: TCP_ACK }) {
+            return f.write_str("syn-only");
+        }
+        let names: Vec<&str> = TCP_FLAG_NAMES.iter().filter(|(_, b)| self.any & b != 0).map(|(n, _)| *n).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// The `LIMIT_*` kind and value the kernel reads for a flow limit.
+fn limit_fields(limit: Option<FlowLimit>) -> (u32, u64) {
+    match limit {
+        None => (0, 0),
+        Some(FlowLimit::Bytes(n)) => (LIMIT_BYTES, n),
+        Some(FlowLimit::Packets(n)) => (LIMIT_PACKETS, n),
+        Some(FlowLimit::Time(d)) => (LIMIT_NS, d.as_nanos().min(u128::from(u64::MAX)) as u64),
+    }
 }
 
 /// The delay of a rule: mean, jitter and its distribution, the share of
@@ -132,6 +206,8 @@ impl Faults {
         [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate].into_iter().any(on)
             || self.loss_model.is_some()
             || self.rate.is_some()
+            || self.unplug_after.is_some()
+            || self.reset_after.is_some()
             || self.delay.is_some_and(|d| !(d.mean + d.jitter).is_zero() && d.share.is_none_or(|s| s.value() > 0.0))
     }
 
@@ -151,6 +227,11 @@ impl Faults {
             rate_bytes: self.rate.map_or(0, |r| r.0),
             ..Rule::default()
         };
+        (rule.unplug_kind, rule.unplug_after) = limit_fields(self.unplug_after);
+        (rule.reset_kind, rule.reset_after) = limit_fields(self.reset_after);
+        if self.per_connection {
+            rule.flags |= RULE_PER_CONNECTION;
+        }
         if let Some(ge) = self.loss_model {
             rule.flags |= RULE_GE;
             rule.ge = GeModel {
@@ -189,6 +270,8 @@ pub struct RuleSpec {
     pub endpoint: Option<String>,
     pub proto: Proto,
     pub direction: Direction,
+    /// Only TCP segments with these flags are judged (`--tcp-flags`).
+    pub tcp_flags: Option<TcpFlags>,
     pub faults: Faults,
     pub seed: Option<u64>,
 }
@@ -208,6 +291,7 @@ impl RuleSpec {
             endpoint,
             proto: r.proto,
             direction: r.direction,
+            tcp_flags: r.tcp_flags,
             faults: Faults {
                 drop: r.drop,
                 reset: r.reset,
@@ -217,6 +301,9 @@ impl RuleSpec {
                 loss_model: r.loss_model,
                 delay: delay_of(r)?,
                 rate: r.rate,
+                per_connection: r.per_connection,
+                unplug_after: r.unplug_after,
+                reset_after: r.reset_after,
             },
             seed: r.seed,
         };
@@ -244,6 +331,19 @@ impl RuleSpec {
         if on(self.faults.reset) && self.proto == Proto::Udp {
             return Err(UsageError::ResetNeedsTcp);
         }
+        if self.proto == Proto::Udp {
+            if self.faults.reset_after.is_some() {
+                return Err(UsageError::NeedsTcp("--reset-after"));
+            }
+            if self.tcp_flags.is_some() {
+                return Err(UsageError::NeedsTcp("--tcp-flags"));
+            }
+        }
+        let f = &self.faults;
+        let shares = [f.drop, f.reset, f.corrupt, f.corrupt_payload, f.duplicate, f.delay.and_then(|d| d.share)];
+        if f.per_connection && !shares.into_iter().any(on) {
+            return Err(UsageError::PerConnectionNeedsShare);
+        }
         if self.endpoint.is_some() && self.faults.schedules() && self.direction == Direction::From {
             return Err(UsageError::ScheduleOnlyInbound);
         }
@@ -260,12 +360,20 @@ impl RuleSpec {
         self.endpoint.is_some() && self.ip.is_none() && self.port.is_none()
     }
 
-    /// The kernel's view of the faults.
+    /// The kernel's view of the faults. Per-connection decisions hash the
+    /// seed with the connection: without `--seed`, a random one, so that
+    /// each run picks other connections.
     pub fn rule(&self) -> Rule {
         let mut rule = self.faults.rule_fields();
         if let Some(seed) = self.seed {
             rule.flags |= RULE_SEEDED;
             rule.seed = seed;
+        } else if self.faults.per_connection {
+            rule.seed = rand::random();
+        }
+        if let Some(flags) = self.tcp_flags {
+            rule.tcp_flags_any = u32::from(flags.any);
+            rule.tcp_flags_clear = u32::from(flags.clear);
         }
         rule
     }
@@ -404,11 +512,12 @@ impl RuleSpec {
                 n.to_string()
             }
         });
+        let flags = self.tcp_flags.map_or(String::new(), |f| format!(" tcp-flags {f}"));
         if let Some(endpoint) = self.endpoint.as_ref().filter(|_| self.targets_endpoint()) {
-            return format!("{proto} {dir} {endpoint}");
+            return format!("{proto} {dir} {endpoint}{flags}");
         }
         let port = self.port.map_or("*".to_owned(), |p| p.to_string());
-        format!("{proto} {dir} {host}:{port}")
+        format!("{proto} {dir} {host}:{port}{flags}")
     }
 }
 
@@ -446,6 +555,15 @@ impl fmt::Display for RuleSpec {
         }
         if let Some(rate) = self.faults.rate {
             write!(f, " rate {rate}")?;
+        }
+        if let Some(limit) = self.faults.unplug_after {
+            write!(f, " unplug after {limit}")?;
+        }
+        if let Some(limit) = self.faults.reset_after {
+            write!(f, " reset after {limit}")?;
+        }
+        if self.faults.per_connection {
+            f.write_str(" per connection")?;
         }
         if let Some(seed) = self.seed {
             write!(f, " seed {seed}")?;
@@ -605,6 +723,40 @@ mod tests {
         assert_eq!(r.reset, 1 << 31);
         assert_eq!((r.corrupt, r.corrupt_payload), (0, 0));
         assert_eq!((r.flags, r.seed), (RULE_SEEDED, 7));
+    }
+
+    #[test]
+    fn flow_faults_and_tcp_flags() {
+        let r = spec("--port 80 --unplug-after 10kb --reset-after 5s").unwrap().rule();
+        assert_eq!((r.unplug_kind, r.unplug_after), (LIMIT_BYTES, 10_000));
+        assert_eq!((r.reset_kind, r.reset_after), (LIMIT_NS, 5_000_000_000));
+        let r = spec("--port 80 --unplug-after 100pkt").unwrap().rule();
+        assert_eq!((r.unplug_kind, r.unplug_after, r.reset_kind), (LIMIT_PACKETS, 100, 0));
+        let s = spec("--port 80 --proto tcp --tcp-flags syn,fin --drop 100").unwrap();
+        assert_eq!((s.rule().tcp_flags_any, s.rule().tcp_flags_clear), (u32::from(TCP_SYN | TCP_FIN), 0));
+        assert_eq!(s.to_string(), "tcp to/from *:80 tcp-flags fin,syn drop 100%");
+        let r = spec("--port 80 --tcp-flags syn-only --drop 100").unwrap().rule();
+        assert_eq!((r.tcp_flags_any, r.tcp_flags_clear), (u32::from(TCP_SYN), u32::from(TCP_ACK)));
+        let s = spec("--port 80 --drop 50 --per-connection --seed 3").unwrap();
+        assert_eq!(s.rule().flags, RULE_PER_CONNECTION | RULE_SEEDED);
+        assert_eq!(s.to_string(), "ip to/from *:80 drop 50% per connection seed 3");
+        // Without a seed, the connections are picked anew on each run.
+        let s = spec("--port 80 --drop 50 --per-connection").unwrap();
+        assert_eq!(s.rule().flags, RULE_PER_CONNECTION);
+        assert_ne!(s.rule().seed, s.rule().seed);
+    }
+
+    #[test]
+    fn flow_fault_validation() {
+        assert!(spec("--port 80 --unplug-after 0pkt").is_ok());
+        assert_eq!(spec("--port 80 --proto udp --reset-after 1kb"), Err(UsageError::NeedsTcp("--reset-after")));
+        assert!(spec("--port 80 --proto udp --unplug-after 1kb").is_ok());
+        assert_eq!(spec("--port 80 --proto udp --tcp-flags syn --drop 5"), Err(UsageError::NeedsTcp("--tcp-flags")));
+        assert_eq!(spec("--port 80 --tcp-flags syn"), Err(UsageError::NoFault));
+        assert_eq!(spec("--port 80 --per-connection --rate 1mbit"), Err(UsageError::PerConnectionNeedsShare));
+        assert!(spec("--port 80 --per-connection --delay 10ms --delay-pct 50").is_ok());
+        assert_eq!(parse_tcp_flags("syn,bogus").map_err(|_| ()), Err(()));
+        assert_eq!(parse_tcp_flags("SYN, ACK"), Ok(TcpFlags { any: TCP_SYN | TCP_ACK, clear: 0 }));
     }
 
     #[test]

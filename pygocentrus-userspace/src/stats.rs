@@ -32,7 +32,11 @@ impl Snapshot<'_> {
                 " | rule {id}: seen {} matched {} passed {} dropped {} corrupted {} corrupted-payload {} reset {}",
                 c.seen, c.matched, c.passed, c.dropped, c.corrupted, c.corrupted_payload, c.reset
             ));
-            // The delay family only when the rule has it, to keep the line short.
+            // Flow faults and the delay family only when the rule has them,
+            // to keep the line short.
+            if c.unplugged != 0 || r.faults.unplug_after.is_some() {
+                s.push_str(&format!(" unplugged {}", c.unplugged));
+            }
             if c.delayed + c.duplicated + c.rate_limited != 0 || r.faults.schedules() || r.faults.duplicate.is_some() {
                 s.push_str(&format!(
                     " delayed {} duplicated {} rate-limited {}",
@@ -60,6 +64,7 @@ impl Snapshot<'_> {
                     "delayed": c.delayed,
                     "duplicated": c.duplicated,
                     "rate_limited": c.rate_limited,
+                    "unplugged": c.unplugged,
                 })
             })
             .collect();
@@ -100,5 +105,23 @@ mod tests {
         assert_eq!(j["rules"][0]["dropped"], 1);
         assert_eq!(j["rules"][0]["rule"], "ip to/from *:9 drop 5%");
         assert_eq!(j["classifier_seen"], 10);
+    }
+
+    #[test]
+    fn unplugged_shows_with_unplug_after() {
+        let Command::Attach(a) =
+            Cli::try_parse_from(["p", "attach", "--iface", "x", "--port", "9", "--unplug-after", "5s"])
+                .unwrap()
+                .command
+        else {
+            unreachable!()
+        };
+        let rules = [RuleSpec::from_attach(&a).unwrap()];
+        let slots =
+            [Counters::default(), Counters { seen: 4, matched: 4, passed: 1, unplugged: 3, ..Default::default() }];
+        let snap = Snapshot { elapsed: Duration::from_secs(1), slots: &slots, rules: &rules };
+        assert!(snap.text().ends_with(" reset 0 unplugged 3"), "{}", snap.text());
+        assert_eq!(snap.json("counters")["rules"][0]["unplugged"], 3);
+        assert_eq!(snap.json("counters")["rules"][0]["rule"], "ip to/from *:9 unplug after 5s");
     }
 }

@@ -6,10 +6,15 @@
 //! `upstream` toxics act on what the client sends (packets to the
 //! target), `downstream` ones on what the server answers (from the target).
 //!
-//! Toxics that need per-connection state in the kernel (`limit_data`,
-//! `timeout` > 0, `reset_peer` with a timeout, `slow_close`, a `toxicity`
-//! below 1) are refused with a 400 that names what is missing: see
-//! `FLOWFAULTS.md`.
+//! Toxics that act on connections use the kernel's per-connection state:
+//! a `toxicity` below 1 chooses connections by flow hash (`--per-connection`,
+//! all or none of a connection's packets), `limit_data` resets a connection
+//! after N payload bytes in the toxic's direction (`--reset-after`),
+//! `timeout` > 0 blackholes the connection and resets each end at its first
+//! packet after the timeout (`--unplug-after 0b --reset-after T`), and
+//! `reset_peer` with a timeout resets after T (`--reset-after T`).
+//! `slow_close` (holding back FINs) is refused with a 400: it would need a
+//! rule of its own matching FIN segments.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -20,7 +25,7 @@ use serde_json::{Map, Value};
 use crate::{
     cli::{Direction, Distribution, Proto},
     plan::{Delay, Faults, RuleSpec},
-    units::{Percent, Rate, parse_percent},
+    units::{FlowLimit, Percent, Rate, parse_percent},
 };
 
 /// A request the API refuses: its HTTP status and message.
@@ -43,10 +48,6 @@ impl ApiError {
         Self { status: 409, message: message.into() }
     }
 }
-
-/// What toxics cannot do before per-connection kernel state is merged.
-const NEEDS_FLOWS: &str =
-    "needs per-connection state in the kernel (branch flowfaults), which this build does not have yet";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Proxy {
@@ -155,19 +156,29 @@ impl Toxic {
     }
 
     /// Adds this toxic's faults to `f` (the faults of its direction).
+    ///
+    /// A `toxicity` below 1 turns the rule's sampling per connection: each
+    /// percentage is then decided once per connection, and the toxics of
+    /// the same stream that have a toxicity of 1 keep 100%, which per
+    /// connection is still every connection.
     fn apply(&self, f: &mut Faults) -> Result<(), ApiError> {
         if !(0.0..=1.0).contains(&self.toxicity) {
             return Err(ApiError::bad(format!("toxicity must be between 0 and 1, not {}", self.toxicity)));
         }
-        let per_connection = self.toxicity < 1.0 && self.toxicity > 0.0;
-        let all = pct(100.0)?;
+        if self.toxicity == 0.0 {
+            // Toxiproxy: a toxicity of 0 never applies the toxic.
+            self.check_attributes()?;
+            return Ok(());
+        }
+        let sampled = self.toxicity < 1.0;
+        let share = pct(self.toxicity * 100.0)?;
+        if sampled {
+            f.per_connection = true;
+        }
         match self.kind.as_str() {
             "latency" => {
                 let (mean, jitter) = (self.attr("latency")?, self.attr("jitter")?);
-                if per_connection {
-                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
-                }
-                if self.toxicity == 0.0 || mean + jitter == 0 {
+                if mean + jitter == 0 {
                     return Ok(());
                 }
                 let d = f.delay.get_or_insert(Delay {
@@ -179,50 +190,60 @@ impl Toxic {
                 });
                 d.mean += Duration::from_millis(mean);
                 d.jitter += Duration::from_millis(jitter);
+                if sampled {
+                    d.share = Some(share);
+                }
                 // A stream keeps its order through Toxiproxy's latency.
                 d.keep_order = !d.jitter.is_zero();
             }
             "bandwidth" => {
                 // KB/s, as Toxiproxy counts (1 KB = 1000 bytes); 0 = no limit.
                 let rate = self.attr("rate")?;
-                if per_connection {
-                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
+                if sampled {
+                    return Err(self.whole_stream("bandwidth paces all the stream's connections together"));
                 }
-                if self.toxicity == 0.0 || rate == 0 {
+                if rate == 0 {
                     return Ok(());
                 }
                 let bytes = rate.checked_mul(1000).ok_or_else(|| ApiError::bad("bandwidth rate is too large"))?;
                 f.rate = Some(Rate(f.rate.map_or(bytes, |r| r.0.min(bytes))));
             }
-            "timeout" => {
-                if self.attr("timeout")? > 0 {
-                    return Err(self.needs_flows("timeout > 0 (blackhole, then reset both ends)"));
+            "timeout" => match self.attr("timeout")? {
+                0 => f.drop = Some(share),
+                ms => {
+                    if sampled {
+                        return Err(self.whole_stream("timeout > 0 is a limit on each connection's life"));
+                    }
+                    // Nothing of the connection passes after its handshake
+                    // (which carries no payload), and each end is reset at
+                    // its first packet after the timeout.
+                    f.unplug_after = Some(FlowLimit::Bytes(0));
+                    self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)))?;
                 }
-                if per_connection {
-                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
+            },
+            "reset_peer" => match self.attr("timeout")? {
+                0 => f.reset = Some(share),
+                ms => {
+                    if sampled {
+                        return Err(self.whole_stream("reset_peer with a timeout is a limit on each connection's life"));
+                    }
+                    self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)))?;
                 }
-                if self.toxicity > 0.0 {
-                    f.drop = Some(all);
+            },
+            "limit_data" => {
+                let bytes = self.attr("bytes")?;
+                if sampled {
+                    return Err(self.whole_stream("limit_data is a limit on each connection"));
                 }
-            }
-            "reset_peer" => {
-                if self.attr("timeout")? > 0 {
-                    return Err(self.needs_flows("reset_peer with a timeout (reset after N ms of the connection)"));
-                }
-                if per_connection {
-                    return Err(self.needs_flows("a toxicity below 1 (chosen per connection)"));
-                }
-                if self.toxicity > 0.0 {
-                    f.reset = Some(all);
-                }
+                self.set_reset_after(f, FlowLimit::Bytes(bytes))?;
             }
             "slow_close" => {
                 self.attr("delay")?;
-                return Err(self.needs_flows("slow_close (holding a connection's FIN back: --tcp-flags)"));
-            }
-            "limit_data" => {
-                self.attr("bytes")?;
-                return Err(self.needs_flows("limit_data (reset after N bytes of a connection)"));
+                return Err(ApiError::bad(format!(
+                    "toxic {} (slow_close): holding back a connection's FIN is not supported yet (it needs a rule \
+                     of its own matching FIN segments, --tcp-flags fin with --delay); use latency instead",
+                    self.name
+                )));
             }
             "slicer" => {
                 return Err(ApiError::bad(
@@ -239,8 +260,28 @@ impl Toxic {
         Ok(())
     }
 
-    fn needs_flows(&self, what: &str) -> ApiError {
-        ApiError::bad(format!("toxic {} ({}): {what} {NEEDS_FLOWS}", self.name, self.kind))
+    /// Checks the attributes of a toxic that does nothing (toxicity 0), so
+    /// that bad input is refused the same whatever its toxicity.
+    fn check_attributes(&self) -> Result<(), ApiError> {
+        let mut f = Faults::default();
+        Toxic { toxicity: 1.0, ..self.clone() }.apply(&mut f)
+    }
+
+    /// Sets the stream's one connection limit that ends in a reset.
+    fn set_reset_after(&self, f: &mut Faults, limit: FlowLimit) -> Result<(), ApiError> {
+        if f.reset_after.is_some() {
+            return Err(ApiError::conflict(format!(
+                "toxic {}: this stream already has a toxic that resets connections at a limit \
+                 (limit_data, or timeout/reset_peer with a timeout); remove it first",
+                self.name
+            )));
+        }
+        f.reset_after = Some(limit);
+        Ok(())
+    }
+
+    fn whole_stream(&self, why: &str) -> ApiError {
+        ApiError::bad(format!("toxic {} ({}): a toxicity below 1 is not supported here: {why}", self.name, self.kind))
     }
 }
 
@@ -263,6 +304,7 @@ impl Proxy {
             endpoint: endpoint.map(str::to_owned),
             proto: Proto::Tcp,
             direction,
+            tcp_flags: None,
             faults,
             seed: None,
         };
@@ -336,14 +378,42 @@ mod tests {
     }
 
     #[test]
+    fn connection_toxics_become_flow_limits_and_toxicity_samples_connections() {
+        let p = proxy(vec![
+            toxic(json!({"type": "limit_data", "stream": "upstream", "attributes": {"bytes": 500}})).unwrap(),
+            toxic(json!({"type": "timeout", "attributes": {"timeout": 200}})).unwrap(),
+        ]);
+        let rules = p.rules(None).unwrap();
+        assert_eq!(rules[0].faults.reset_after, Some(FlowLimit::Bytes(500)));
+        assert_eq!(rules[1].faults.unplug_after, Some(FlowLimit::Bytes(0)));
+        assert_eq!(rules[1].faults.reset_after, Some(FlowLimit::Time(Duration::from_millis(200))));
+
+        let p = proxy(vec![
+            toxic(json!({"type": "reset_peer", "toxicity": 0.25, "attributes": {"timeout": 0}})).unwrap(),
+            toxic(json!({"type": "latency", "attributes": {"latency": 5}})).unwrap(),
+        ]);
+        let f = &p.rules(None).unwrap()[0].faults;
+        assert!(f.per_connection);
+        assert_eq!(f.reset.unwrap().value(), 25.0);
+        // The toxic of toxicity 1 still takes every connection.
+        assert_eq!(f.delay.unwrap().share, None);
+
+        let twice = proxy(vec![
+            toxic(json!({"type": "limit_data", "name": "a", "attributes": {"bytes": 1}})).unwrap(),
+            toxic(json!({"type": "limit_data", "name": "b", "attributes": {"bytes": 2}})).unwrap(),
+        ]);
+        assert_eq!(twice.rules(None).unwrap_err().status, 409);
+    }
+
+    #[test]
     fn refusals_say_why() {
         for (body, needle) in [
             (json!({"type": "slicer"}), "does not apply at the packet level"),
             (json!({"type": "nosuch"}), "unknown toxic type 'nosuch'"),
-            (json!({"type": "limit_data", "attributes": {"bytes": 10}}), "flowfaults"),
-            (json!({"type": "timeout", "attributes": {"timeout": 100}}), "flowfaults"),
-            (json!({"type": "slow_close", "attributes": {"delay": 100}}), "flowfaults"),
-            (json!({"type": "latency", "toxicity": 0.5, "attributes": {"latency": 1}}), "per connection"),
+            (json!({"type": "slow_close", "attributes": {"delay": 100}}), "not supported yet"),
+            (json!({"type": "bandwidth", "toxicity": 0.5, "attributes": {"rate": 1}}), "toxicity below 1"),
+            (json!({"type": "limit_data", "toxicity": 0.5, "attributes": {"bytes": 1}}), "toxicity below 1"),
+            (json!({"type": "latency", "toxicity": 0, "attributes": {"latency": -1}}), "whole number"),
             (json!({"type": "latency", "toxicity": 1.5}), "between 0 and 1"),
             (json!({"type": "latency", "attributes": {"latency": -1}}), "whole number"),
             (json!({"type": "latency", "attributes": {"latency": "x"}}), "whole number"),

@@ -114,6 +114,66 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     Ok(Rate(bytes as u64))
 }
 
+/// How much of a connection's life passes before a flow fault
+/// (`--unplug-after`, `--reset-after`) strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowLimit {
+    /// Payload bytes (TCP/UDP payload, per direction).
+    Bytes(u64),
+    /// Packets, per direction.
+    Packets(u64),
+    /// Time since the first packet of the connection the rule saw.
+    Time(Duration),
+}
+
+impl std::fmt::Display for FlowLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlowLimit::Bytes(n) => write!(f, "{n}b"),
+            FlowLimit::Packets(n) => write!(f, "{n}pkt"),
+            FlowLimit::Time(d) => write!(f, "{d:?}"),
+        }
+    }
+}
+
+/// A flow limit: bytes (`10kb`, `1.5mb`, `64kib`, `500b`: SI prefixes for
+/// kb, mb, gb, powers of 1024 for kib, mib, gib), packets (`100pkt`), or
+/// a duration (`5s`, `250ms`, as [`parse_duration`]). A bare number is
+/// refused.
+pub fn parse_flow_limit(s: &str) -> Result<FlowLimit, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("'{s}' needs a unit: 10kb, 100pkt or 5s"))?;
+    let (num, unit) = t.split_at(split);
+    let bytes_per_unit = match unit.trim() {
+        "b" | "byte" | "bytes" => Some(1.0),
+        "kb" => Some(1e3),
+        "mb" => Some(1e6),
+        "gb" => Some(1e9),
+        "kib" => Some(1024.0),
+        "mib" => Some(1024.0 * 1024.0),
+        "gib" => Some(1024.0 * 1024.0 * 1024.0),
+        _ => None,
+    };
+    let number = || num.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+    if let Some(scale) = bytes_per_unit {
+        let v = number().ok_or_else(|| format!("'{s}' is not a size (write 10kb, 64kib or 500b)"))?;
+        let bytes = (v * scale).round();
+        if bytes > u64::MAX as f64 {
+            return Err(format!("'{s}' is out of range"));
+        }
+        return Ok(FlowLimit::Bytes(bytes as u64));
+    }
+    if matches!(unit.trim(), "pkt" | "pkts" | "packet" | "packets") {
+        let n = num.parse::<u64>().map_err(|_| format!("'{s}' is not a whole number of packets"))?;
+        return Ok(FlowLimit::Packets(n));
+    }
+    parse_duration(&t)
+        .map(FlowLimit::Time)
+        .map_err(|_| format!("'{s}' is not a size, a packet count or a duration (write 10kb, 100pkt or 5s)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +233,22 @@ mod tests {
         for bad in ["30", "", "ms", "5 parsecs", "1.2.3s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn flow_limits() {
+        assert_eq!(parse_flow_limit("10kb"), Ok(FlowLimit::Bytes(10_000)));
+        assert_eq!(parse_flow_limit("64KiB"), Ok(FlowLimit::Bytes(65_536)));
+        assert_eq!(parse_flow_limit("1.5mb"), Ok(FlowLimit::Bytes(1_500_000)));
+        assert_eq!(parse_flow_limit("0b"), Ok(FlowLimit::Bytes(0)));
+        assert_eq!(parse_flow_limit("100pkt"), Ok(FlowLimit::Packets(100)));
+        assert_eq!(parse_flow_limit("5s"), Ok(FlowLimit::Time(Duration::from_secs(5))));
+        assert_eq!(parse_flow_limit("250ms"), Ok(FlowLimit::Time(Duration::from_millis(250))));
+        for bad in ["10", "", "kb", "1.5pkt", "-1kb", "5 furlongs", "1.2.3kb"] {
+            assert!(parse_flow_limit(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(FlowLimit::Bytes(10_000).to_string(), "10000b");
+        assert_eq!(FlowLimit::Packets(3).to_string(), "3pkt");
+        assert_eq!(FlowLimit::Time(Duration::from_secs(5)).to_string(), "5s");
     }
 }

@@ -16,6 +16,7 @@ mod delay;
 mod demo;
 mod drop;
 mod endpoint;
+mod flow;
 mod lifecycle;
 mod reset;
 mod serve;

@@ -54,6 +54,17 @@ fn echoes(conn: &mut TcpStream, msg: &[u8], wait: Duration) -> bool {
     }
 }
 
+/// The sum of `pygocentrus_packets_total{...,event="EVENT"}` over the rules
+/// in a `/metrics` reply.
+fn counted(metrics: &str, event: &str) -> u64 {
+    let label = format!("event=\"{event}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("pygocentrus_packets_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// A lab with an echo server on the server's PORT and `serve` on the bridge.
 fn served(tag: &str) -> (Lab, Container, Container) {
     let (lab, client, server) = Lab::pair(tag);
@@ -109,7 +120,7 @@ fn toxics_change_live_and_an_open_connection_survives_them() {
     let metrics = api(&lab, "GET", "/metrics", "");
     assert_eq!(metrics.status, 200);
     assert!(metrics.body.contains("pygocentrus_packets_total{"), "{}", metrics.body);
-    assert!(metrics.body.contains("event=\"reset\""), "{}", metrics.body);
+    assert!(counted(&metrics.body, "reset") > 0, "{}", metrics.body);
     api(&lab, "POST", "/reset", "");
     tcp_connect(&client, upstream, Duration::from_secs(2)).expect("connecting after /reset");
     tool.terminate();
@@ -134,8 +145,8 @@ fn bad_requests_get_a_clear_4xx_and_serve_lives_on() {
         ("POST", "/proxies/p/toxics", r#"{"type":"slicer"}"#, 400, "packet level"),
         ("POST", "/proxies/p/toxics", r#"{"type":"latency","toxicity":7}"#, 400, "between 0 and 1"),
         ("POST", "/proxies/p/toxics", r#"{"type":"latency","attributes":{"latency":-5}}"#, 400, "whole number"),
-        ("POST", "/proxies/p/toxics", r#"{"type":"limit_data","attributes":{"bytes":100}}"#, 400, "flowfaults"),
-        ("POST", "/proxies/p/toxics", r#"{"type":"timeout","attributes":{"timeout":100}}"#, 400, "flowfaults"),
+        ("POST", "/proxies/p/toxics", r#"{"type":"slow_close","attributes":{"delay":100}}"#, 400, "not supported"),
+        ("POST", "/proxies/p/toxics", r#"{"type":"limit_data","toxicity":0.5}"#, 400, "toxicity below 1"),
         ("DELETE", "/proxies/p/toxics/nosuch", "", 404, "toxic not found"),
         ("PUT", "/pygocentrus/rules/x", r#"{"port":5000,"drop":101}"#, 400, "0-100"),
         ("PUT", "/pygocentrus/rules/x", r#"{"port":5000,"dorp":1}"#, 400, "unknown field"),
@@ -291,4 +302,47 @@ fn a_latency_toxic_delays_the_answers_of_an_open_connection() {
     let after = rtt(&mut conn);
     assert!(after < Duration::from_millis(50), "still slow after the toxic went: {after:?} (before: {before:?})");
     tool.terminate();
+}
+
+#[test]
+fn a_limit_data_toxic_resets_a_connection_after_its_bytes_and_spares_a_new_one() {
+    const LIMIT: usize = 3000;
+    const MESSAGE: usize = 1000;
+    let (lab, client, server) = served("srvlimit");
+    let upstream = server.addr(false, PORT);
+    let tool = lab.serve(&args!["--iface", BRIDGE]);
+    let r = api(&lab, "POST", "/proxies", &json!({"name": "echo", "upstream": upstream.to_string()}).to_string());
+    assert_eq!(r.status, 201, "{r:?}");
+    let body = json!({"type": "limit_data", "stream": "upstream", "attributes": {"bytes": LIMIT}}).to_string();
+    let r = api(&lab, "POST", "/proxies/echo/toxics", &body);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Messages of MESSAGE bytes, each echoed before the next (TCP_NODELAY:
+    // a segment each): the first LIMIT / MESSAGE fit, the next crosses the
+    // limit and becomes a reset to the server, whose kernel then resets
+    // the client's next segment.
+    let mut conn = tcp_connect(&client, upstream, Duration::from_secs(5)).expect("connecting");
+    conn.set_nodelay(true).expect("setting TCP_NODELAY");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("setting a read timeout");
+    let mut echoed = 0;
+    let error = loop {
+        let mut buf = vec![0u8; MESSAGE];
+        if let Err(e) = conn.write_all(&[b'x'; MESSAGE]).and_then(|()| conn.read_exact(&mut buf)) {
+            break e;
+        }
+        echoed += MESSAGE;
+        assert!(echoed <= LIMIT, "{echoed} bytes went through a limit_data of {LIMIT}");
+    };
+    assert_eq!(echoed, LIMIT, "the connection failed before its limit: {error}");
+    assert!(
+        matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof),
+        "the connection failed otherwise than by a reset: {error}"
+    );
+    // The limit is each connection's: a new one carries its own bytes.
+    let mut fresh = tcp_connect(&client, upstream, Duration::from_secs(5)).expect("connecting again");
+    assert!(echoes(&mut fresh, b"a new connection", Duration::from_secs(2)), "a new connection got no echo");
+    let metrics = api(&lab, "GET", "/metrics", "");
+    assert!(counted(&metrics.body, "reset") > 0, "no reset counted: {}", metrics.body);
+    tool.terminate();
+    lab.assert_clean("after serve", Duration::from_secs(5));
 }

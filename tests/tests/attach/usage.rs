@@ -25,6 +25,19 @@ fn bad_input_is_refused_in_one_line_with_status_2() {
         ("no fault", args!["--iface", BRIDGE, "--port", PORT]),
         ("no target", args!["--iface", BRIDGE, "--drop", 5]),
         ("--reset on UDP", args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--reset", 10]),
+        ("--reset-after on UDP", args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--reset-after", "1kb"]),
+        ("--unplug-after without a unit", args!["--iface", BRIDGE, "--port", PORT, "--unplug-after", 10]),
+        ("--reset-after 1.5pkt", args!["--iface", BRIDGE, "--port", PORT, "--reset-after", "1.5pkt"]),
+        ("an unknown TCP flag", args!["--iface", BRIDGE, "--port", PORT, "--tcp-flags", "syn,nope", "--drop", 5]),
+        (
+            "--tcp-flags on UDP",
+            args!["--iface", BRIDGE, "--port", PORT, "--proto", "udp", "--tcp-flags", "syn", "--drop", 5],
+        ),
+        ("--tcp-flags without a fault", args!["--iface", BRIDGE, "--port", PORT, "--tcp-flags", "syn"]),
+        (
+            "--per-connection without a share",
+            args!["--iface", BRIDGE, "--port", PORT, "--per-connection", "--rate", "1mbit"],
+        ),
     ];
     for (case, args) in &cases {
         assert_refused(&lab, case, &lab.run(args));
