@@ -15,14 +15,15 @@ use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
 use pygocentrus_common::Counters;
 
 use crate::{
-    cli::AttachArgs,
+    cli::{AttachArgs, RuleArgs},
+    config::ConfigFile,
     docker::DockerEvent,
     endpoint::{Endpoint, State},
     engine::Engine,
     guard::Guard,
     hooks::{self, Hooks, Method},
     netlink::{Link, LinkEvent, Netlink, link_events},
-    plan::{Plan, RuleSpec, UsageError},
+    plan::{Plan, RuleSpec, UsageError, endpoint_label},
     privileges,
     signals::Signals,
     stats::Snapshot,
@@ -30,8 +31,7 @@ use crate::{
 
 pub async fn run(args: AttachArgs) -> Result<()> {
     // Everything that can be refused is refused before anything is touched.
-    let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
-    plan.map_contents()?;
+    let plan = plan_of(&args)?;
     privileges::check()?;
     let mut signals = Signals::install()?;
 
@@ -90,6 +90,21 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         Err(_) => eprintln!("pygocentrus: detached from {name} after an error"),
     }
     result
+}
+
+/// The rules of the run: from `--config` or from the flags.
+pub fn plan_of(args: &AttachArgs) -> Result<Plan, UsageError> {
+    let plan = match &args.config {
+        Some(path) => {
+            if args.rule != RuleArgs::default() {
+                return Err(UsageError::ConfigAndFlags);
+            }
+            ConfigFile::load(path)?.plan(endpoint_label(args).as_deref())?
+        }
+        None => Plan { rules: vec![RuleSpec::from_attach(args)?] },
+    };
+    plan.map_contents()?;
+    Ok(plan)
 }
 
 /// The next item of an optional stream; never, without one.
@@ -345,8 +360,13 @@ impl fmt::Display for Attachment {
             }
         }
         write!(f, " via {}", self.hooks.method())?;
-        for (i, rule) in self.plan.rules.iter().enumerate() {
+        // A config file may hold thousands of rules: name the first few.
+        const SHOWN: usize = 8;
+        for (i, rule) in self.plan.rules.iter().take(SHOWN).enumerate() {
             write!(f, "{}{rule}", if i == 0 { ": " } else { "; " })?;
+        }
+        if self.plan.rules.len() > SHOWN {
+            write!(f, "; and {} more rules", self.plan.rules.len() - SHOWN)?;
         }
         Ok(())
     }

@@ -1,12 +1,14 @@
 //! What the user typed, as clap parsed it. Nothing here is validated beyond
 //! the syntax of each value: `plan.rs` turns it into rules.
 
-use std::{net::IpAddr, str::FromStr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use serde::Deserialize;
 
 use crate::{
+    config::de,
     plan::{GeSpec, parse_loss_model},
     units::{Percent, Rate, parse_duration, parse_percent, parse_rate},
 };
@@ -85,13 +87,44 @@ pub struct AttachArgs {
     #[arg(long, value_name = "PATH|PID")]
     pub netns: Option<String>,
 
+    /// The rules in a TOML file instead of the flags below: several rules,
+    /// each with its own target and faults (see README, "Config file").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The rule, when there is one and no --config.
+    #[command(flatten)]
+    pub rule: RuleArgs,
+
+    /// Detach after this long (250us, 500ms, 30s, 2m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print counters as JSON lines on stdout instead of text on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How to hook: TCX links (kernel 6.6+, gone with the process) or
+    /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hook: HookMode,
+}
+
+/// One rule: its target and its faults. Given as flags to `attach`, or as a
+/// `[[rule]]` table of a config file with the same names and units
+/// (`drop = 30`, `delay = "20ms"`, `corrupt-payload = "0.5%"`).
+#[derive(Clone, Debug, Default, PartialEq, Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuleArgs {
     /// Target address, optionally a prefix: 198.18.0.2, 198.18.0.0/24, fd00::2.
     #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_ipnet)]
+    #[serde(deserialize_with = "de::ipnet")]
     pub ip: Option<IpNet>,
 
     /// Target port (1-65535). Without it, all IP traffic of --ip matches,
     /// ICMP included.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[serde(deserialize_with = "de::port")]
     pub port: Option<u16>,
 
     /// Protocol to match.
@@ -104,32 +137,38 @@ pub struct AttachArgs {
 
     /// Drop this share of matched packets (5, 5%, 0.1).
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(deserialize_with = "de::percent")]
     pub drop: Option<Percent>,
 
     /// Damage this share so that the receiving kernel discards it as a
     /// checksum (IPv4) or header (IPv6) error, like netem's corrupt.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(deserialize_with = "de::percent")]
     pub corrupt: Option<Percent>,
 
     /// Flip a payload byte of this share and fix the checksums: the
     /// application receives damaged data.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(deserialize_with = "de::percent")]
     pub corrupt_payload: Option<Percent>,
 
     /// Turn this share of TCP segments into resets the receiver accepts
     /// (ECONNRESET; a reset SYN-ACK makes connect fail with ECONNREFUSED).
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(deserialize_with = "de::percent")]
     pub reset: Option<Percent>,
 
     /// Hold matched packets back by this long before they leave (20ms,
     /// 250us). Delay, jitter and rate need the fq qdisc: pygocentrus puts it
     /// on the hooked ports and restores what was there on exit.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(deserialize_with = "de::duration")]
     pub delay: Option<Duration>,
 
     /// Vary the delay: ±DUR for the uniform distribution, a standard
     /// deviation of DUR for the others.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(deserialize_with = "de::duration")]
     pub jitter: Option<Duration>,
 
     /// Distribution of the jitter (netem's four).
@@ -138,6 +177,7 @@ pub struct AttachArgs {
 
     /// Delay only this share of matched packets (default: all).
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(deserialize_with = "de::percent")]
     pub delay_pct: Option<Percent>,
 
     /// Never let jitter reorder a flow: a packet leaves no earlier than the
@@ -148,39 +188,29 @@ pub struct AttachArgs {
     /// Limit the matched traffic to this rate, shared by all its flows
     /// (100kbit, 5mbit, 1gbit, 512kbps).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[serde(deserialize_with = "de::rate")]
     pub rate: Option<Rate>,
 
     /// Burst loss with the Gilbert-Elliott model, parameters as netem's:
     /// gemodel:P[,R[,1-H[,1-K]]] in percent (R defaults to 100-P, 1-H to
     /// 100, 1-K to 0).
     #[arg(long, value_name = "gemodel:P[,R[,1-H[,1-K]]]", value_parser = parse_loss_model)]
+    #[serde(deserialize_with = "de::loss_model")]
     pub loss_model: Option<GeSpec>,
 
     /// Send a copy of this share of matched packets.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(deserialize_with = "de::percent")]
     pub duplicate: Option<Percent>,
-
-    /// Detach after this long (250us, 500ms, 30s, 2m).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
 
     /// Make decisions reproducible: the same traffic gets the same faults.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
-    /// Print counters as JSON lines on stdout instead of text on stderr.
-    #[arg(long)]
-    pub json: bool,
-
     /// Allow a rule with neither --ip nor --port on --iface (impairs all IP
     /// traffic). Not needed with --container or --netns.
     #[arg(long)]
     pub all: bool,
-
-    /// How to hook: TCX links (kernel 6.6+, gone with the process) or
-    /// clsact + cls_bpf through netlink. `auto` picks TCX where it exists.
-    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
-    pub hook: HookMode,
 }
 
 impl AttachArgs {
@@ -209,16 +239,20 @@ pub struct DemoArgs {
     pub hook: HookMode,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
+    #[default]
     Any,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Packets to and from the target.
+    #[default]
     Both,
     /// Packets addressed to the target.
     To,
@@ -226,7 +260,8 @@ pub enum Direction {
     From,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Distribution {
     Uniform,
     Normal,
@@ -241,7 +276,7 @@ pub enum HookMode {
     Netlink,
 }
 
-fn parse_ipnet(s: &str) -> Result<IpNet, String> {
+pub fn parse_ipnet(s: &str) -> Result<IpNet, String> {
     let net = if s.contains('/') {
         IpNet::from_str(s).map_err(|_| format!("'{s}' is not an address or prefix"))?
     } else {
@@ -267,10 +302,10 @@ mod tests {
     fn the_one_line_promise_parses() {
         let a = parse(&["--iface", "br-xxx", "--port", "50051", "--drop", "5"]).unwrap();
         assert_eq!(a.iface.as_deref(), Some("br-xxx"));
-        assert_eq!(a.port, Some(50051));
-        assert_eq!(a.drop.unwrap().value(), 5.0);
-        assert_eq!(a.proto, Proto::Any);
-        assert_eq!(a.direction, Direction::Both);
+        assert_eq!(a.rule.port, Some(50051));
+        assert_eq!(a.rule.drop.unwrap().value(), 5.0);
+        assert_eq!(a.rule.proto, Proto::Any);
+        assert_eq!(a.rule.direction, Direction::Both);
     }
 
     #[test]
@@ -284,9 +319,9 @@ mod tests {
     #[test]
     fn prefixes_are_truncated() {
         let a = parse(&["--iface", "x", "--ip", "198.18.0.77/24", "--drop", "1"]).unwrap();
-        assert_eq!(a.ip.unwrap().to_string(), "198.18.0.0/24");
+        assert_eq!(a.rule.ip.unwrap().to_string(), "198.18.0.0/24");
         let a = parse(&["--iface", "x", "--ip", "fd00::2", "--drop", "1"]).unwrap();
-        assert_eq!(a.ip.unwrap().to_string(), "fd00::2/128");
+        assert_eq!(a.rule.ip.unwrap().to_string(), "fd00::2/128");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod dist;
 pub mod docker;

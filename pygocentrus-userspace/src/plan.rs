@@ -12,7 +12,7 @@ use pygocentrus_common::{
 use thiserror::Error;
 
 use crate::{
-    cli::{AttachArgs, Direction, Distribution, Proto},
+    cli::{AttachArgs, Direction, Distribution, Proto, RuleArgs},
     netlink::FqParams,
     units::{Percent, Rate, parse_percent},
 };
@@ -61,6 +61,11 @@ pub enum UsageError {
     /// The kernel lacks what the flags ask for.
     #[error("{0}")]
     Kernel(String),
+    /// The config file cannot be read, parsed or turned into rules.
+    #[error("config: {0}")]
+    Config(String),
+    #[error("give the rule either as flags or in --config, not both")]
+    ConfigAndFlags,
 }
 
 /// The faults of a rule.
@@ -185,31 +190,31 @@ pub struct RuleSpec {
 
 impl RuleSpec {
     pub fn from_attach(a: &AttachArgs) -> Result<Self, UsageError> {
-        let endpoint = match (&a.container, &a.netns, a.netns_pid()) {
-            (Some(c), _, _) => Some(format!("container {c}")),
-            (None, Some(_), Some(pid)) => Some(format!("netns of process {pid}")),
-            (None, Some(n), None) => Some(format!("netns {n}")),
-            (None, None, _) => None,
-        };
+        Self::from_args(&a.rule, endpoint_label(a))
+    }
+
+    /// The rule of `r` (flags or a config file's `[[rule]]`), on `endpoint`
+    /// if the scope is one.
+    pub fn from_args(r: &RuleArgs, endpoint: Option<String>) -> Result<Self, UsageError> {
         let spec = Self {
-            ip: a.ip,
-            port: a.port,
+            ip: r.ip,
+            port: r.port,
             endpoint,
-            proto: a.proto,
-            direction: a.direction,
+            proto: r.proto,
+            direction: r.direction,
             faults: Faults {
-                drop: a.drop,
-                reset: a.reset,
-                corrupt: a.corrupt,
-                corrupt_payload: a.corrupt_payload,
-                duplicate: a.duplicate,
-                loss_model: a.loss_model,
-                delay: delay_of(a)?,
-                rate: a.rate,
+                drop: r.drop,
+                reset: r.reset,
+                corrupt: r.corrupt,
+                corrupt_payload: r.corrupt_payload,
+                duplicate: r.duplicate,
+                loss_model: r.loss_model,
+                delay: delay_of(r)?,
+                rate: r.rate,
             },
-            seed: a.seed,
+            seed: r.seed,
         };
-        spec.validate(a.all)?;
+        spec.validate(r.all)?;
         Ok(spec)
     }
 
@@ -282,8 +287,18 @@ impl RuleSpec {
     }
 }
 
+/// How messages name the endpoint of `--container` or `--netns`, if given.
+pub fn endpoint_label(a: &AttachArgs) -> Option<String> {
+    match (&a.container, &a.netns, a.netns_pid()) {
+        (Some(c), _, _) => Some(format!("container {c}")),
+        (None, Some(_), Some(pid)) => Some(format!("netns of process {pid}")),
+        (None, Some(n), None) => Some(format!("netns {n}")),
+        (None, None, _) => None,
+    }
+}
+
 /// The delay flags, checked for sense: jitter and the rest refine a delay.
-fn delay_of(a: &AttachArgs) -> Result<Option<Delay>, UsageError> {
+fn delay_of(a: &RuleArgs) -> Result<Option<Delay>, UsageError> {
     let Some(mean) = a.delay else {
         for (given, flag) in [
             (a.jitter.is_some(), "--jitter"),

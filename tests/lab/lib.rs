@@ -87,3 +87,28 @@ macro_rules! require_tcx {
         }
     };
 }
+
+/// A file for the tool to read (a `--config` file), deleted on drop.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Writes `contents` to a new file whose name carries `tag` and the
+    /// process id, in the system's temporary directory.
+    pub fn new(tag: &str, contents: &str) -> Self {
+        static FILES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("pyg-{tag}-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        Self(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -10,6 +10,7 @@
 #![expect(clippy::useless_vec, reason = "args! builds owned argument lists (some kept, some only borrowed)")]
 
 mod burst;
+mod config;
 mod corrupt;
 mod delay;
 mod drop;

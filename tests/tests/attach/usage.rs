@@ -8,7 +8,7 @@ use crate::PORT;
 
 /// Panics unless the run was refused as bad input: status 2, exactly one
 /// line on stderr, nothing on stdout, and no hook anywhere in the lab.
-fn assert_refused(lab: &Lab, case: &str, out: &Outcome) {
+pub(crate) fn assert_refused(lab: &Lab, case: &str, out: &Outcome) {
     assert_eq!(out.status.code(), Some(2), "{case}: wrong exit status:\n{out}");
     assert_eq!(out.stderr.len(), 1, "{case}: not one line on stderr:\n{out}");
     assert!(out.stderr[0].starts_with("pygocentrus: "), "{case}: unexpected message:\n{out}");
