@@ -181,8 +181,13 @@ fn tput_table(o: &mut String, r: &Results) -> fmt::Result {
         ("base", 0, "bare (no delay)".to_owned()),
         ("pyg", 1, format!("pygocentrus {TPUT_DELAY_MS} ms")),
         ("netem", 1, format!("netem {TPUT_DELAY_MS} ms")),
+        ("pyg-ack", 1, format!("pygocentrus {TPUT_DELAY_MS} ms on the way back (`--direction from`: the ACKs)")),
+        ("netem-ack", 1, format!("netem {TPUT_DELAY_MS} ms on the way back (root of the client's port: the ACKs)")),
     ] {
         let v = r.mbits(case, n);
+        if v.is_empty() {
+            continue;
+        }
         let m = median(&v);
         writeln!(o, "| {label} | {} | {m:.0} | {:.3} | {:.0} |", runs(&v), m / bare, median(&r.retransmits(case, n)))?;
     }
