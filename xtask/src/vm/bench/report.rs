@@ -248,7 +248,8 @@ impl<'a> Sweep<'a> {
              each packet is tried against all N (4000 filters per preference: one u32 table holds at most \
              4095). Mbit/s: median (min–max) of the rounds; *vs 1*: that median over the one with the fewest \
              rules; *install*: seconds from the start of `attach` to its `attached` line, or to add the qdiscs \
-             and the filters (`tc -batch`).\n"
+             and the filters (`tc -batch`); *CPU*: what the pygocentrus process itself (user space: \
+             counters, output) used during the iperf3 run, median.\n"
         )?;
         for (title, pyg, netem) in
             [("Data path", "pyg-rules", "netem-filters"), ("ACK path", "pyg-rules-ack", "netem-filters-ack")]
@@ -262,9 +263,9 @@ impl<'a> Sweep<'a> {
             }
             writeln!(
                 o,
-                "| {title}: rules | pygocentrus (Mbit/s) | vs 1 | install (s) | netem + u32 (Mbit/s) | vs 1 | install (s) |"
+                "| {title}: rules | pygocentrus (Mbit/s) | vs 1 | install (s) | CPU (s) | netem + u32 (Mbit/s) | vs 1 | install (s) |"
             )?;
-            writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|")?;
+            writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
             let reference = |case: &str| {
                 let lo = *self.r.rule_counts(case).first()?;
                 Some(median(&self.r.mbits(case, lo)))
@@ -272,7 +273,9 @@ impl<'a> Sweep<'a> {
             for n in counts {
                 let (p, pv, ps) = self.cell(pyg, n, reference(pyg));
                 let (q, qv, qs) = self.cell(netem, n, reference(netem));
-                writeln!(o, "| {n} | {p} | {pv} | {ps} | {q} | {qv} | {qs} |")?;
+                let cpu =
+                    self.r.cpu.get(&(pyg.to_owned(), n)).map_or("—".to_owned(), |c| format!("{:.1}", median(c)));
+                writeln!(o, "| {n} | {p} | {pv} | {ps} | {cpu} | {q} | {qv} | {qs} |")?;
             }
             writeln!(o)?;
         }
@@ -324,7 +327,7 @@ BENCH tput netem-filters 10000 1 100 0
         assert!(md.contains("pygocentrus +0.00 ms, netem +0.50 ms | yes |"), "{md}");
         assert!(md.contains("worst -2.0% (at 10000 rules) | yes |"), "{md}");
         assert!(md.contains("ACK path | not measured: no runs | **no** |"), "{md}");
-        assert!(md.contains("| 10000 | 980 (980–980) | 0.980 | — | 100 (100–100) | 0.100 | — |"), "{md}");
+        assert!(md.contains("| 10000 | 980 (980–980) | 0.980 | — | — | 100 (100–100) | 0.100 | — |"), "{md}");
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct Results {
     pub tput: Vec<Tput>,
     /// Seconds taken to install the rules, by (case, rule count), per run.
     pub setup: BTreeMap<(String, u32), Vec<f64>>,
+    /// pygocentrus's CPU seconds (user + system) during the throughput
+    /// run, by (case, rule count), per run.
+    pub cpu: BTreeMap<(String, u32), Vec<f64>>,
     /// Cases the guest could not run, and why.
     pub skipped: Vec<(String, String)>,
     /// The guest's tools: name, path.
@@ -65,11 +68,12 @@ fn parse_line(r: &mut Results, line: &str) -> Result<()> {
             let retransmits = next("retransmits")?.parse().context("retransmits")?;
             r.tput.push(Tput { case, rules, round, mbit, retransmits });
         }
-        "setup" => {
+        "setup" | "cpu" => {
             let case = next("case")?.to_owned();
             let rules = next("rule count")?.parse().context("rule count")?;
             let secs = next("seconds")?.parse().context("seconds")?;
-            r.setup.entry((case, rules)).or_default().push(secs);
+            let map = if kind == "setup" { &mut r.setup } else { &mut r.cpu };
+            map.entry((case, rules)).or_default().push(secs);
         }
         "skip" => {
             let case = next("case")?.to_owned();
@@ -170,6 +174,7 @@ BENCH tput pyg 1 1 2100.5 3
 BENCH tput netem-filters 1000 1 800 0
 BENCH tput netem-filters 1 1 1900 12
 BENCH setup netem-filters 1000 4.20
+BENCH cpu pyg-rules 1000 0.75
 BENCH skip pyg-rules this pygocentrus has no attach --config
 ";
 
@@ -182,6 +187,7 @@ BENCH skip pyg-rules this pygocentrus has no attach --config
         assert_eq!(r.retransmits("netem-filters", 1), [12.0]);
         assert_eq!(r.rule_counts("netem-filters"), [1, 1000]);
         assert_eq!(r.setup[&("netem-filters".to_owned(), 1000)], [4.2]);
+        assert_eq!(r.cpu[&("pyg-rules".to_owned(), 1000)], [0.75]);
         assert_eq!(r.skipped, [("pyg-rules".to_owned(), "this pygocentrus has no attach --config".to_owned())]);
         assert_eq!(r.tools, [("ping".to_owned(), "/usr/bin/ping".to_owned())]);
     }
