@@ -24,6 +24,11 @@ enum Task {
     /// 6.12 (TCX) kernels in QEMU; arguments after `--` go to every test
     /// executable.
     VmTest(vm::VmTestArgs),
+    /// pygocentrus beside netem on the same path, in one QEMU guest: ping
+    /// error and spread at 20 ms, iperf3 at 10 ms, and iperf3 with 1, 1 000
+    /// and 10 000 rules vs netem behind as many u32 filters; print the
+    /// results and rewrite their section of BENCHMARKS.md.
+    BenchVm(vm::bench::BenchVmArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Bench(args) => bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
+        Task::BenchVm(args) => vm::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

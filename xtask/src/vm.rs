@@ -22,6 +22,7 @@
 //! per guest CPU: about 2.5 minutes per kernel under TCG on a 2-core machine
 //! (21 tests in November 2026). `-- FILTER` narrows it for a quick run.
 
+pub mod bench;
 mod cpio;
 mod host;
 mod kernel;
@@ -68,19 +69,7 @@ pub struct VmTestArgs {
 }
 
 pub fn run(args: &VmTestArgs) -> Result<()> {
-    let kernels: Vec<&'static KernelSpec> =
-        KERNELS.iter().filter(|k| args.kernel == "all" || args.kernel == k.label).collect();
-    // Fail early, before building, on a machine without the tools.
-    host::tool("qemu-system-x86_64")?;
-    host::tool("busybox")?;
-
-    let workspace = workspace_root()?;
-    let work = target_dir(&workspace).join("vm-test");
-    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let cache = kernel::cache_dir()?;
-    // Download before building: a missing kernel is the slow, rare failure.
-    let kernels = kernels.into_iter().map(|spec| kernel::ensure(spec, &cache)).collect::<Result<Vec<_>>>()?;
-
+    let (workspace, work, kernels) = prepare(&args.kernel, "vm-test")?;
     let payload = payload(args, &workspace, &work)?;
     let machine =
         qemu::Machine { memory_mib: args.memory, cpus: args.cpus, timeout: Duration::from_secs(args.timeout) };
@@ -140,12 +129,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
 /// pygocentrus and the test programs, built (and stripped of debug info,
 /// which only makes the initramfs bigger) for the guest.
 fn payload(args: &VmTestArgs, workspace: &Path, work: &Path) -> Result<Payload> {
-    let bin_dir = work.join("bin");
-    fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
-
-    let built = cargo_executables(workspace, &["build", "-p", "pygocentrus-userspace", "--bin", "pygocentrus"])?;
-    let (_, pygocentrus) = built.into_iter().next().context("cargo built no pygocentrus executable")?;
-    let pygocentrus = slim(&pygocentrus, &bin_dir.join("pygocentrus"))?;
+    let (bin_dir, pygocentrus) = build_pygocentrus(workspace, work)?;
 
     let tests = if args.smoke {
         vec![TestProgram { name: "smoke".to_owned(), source: TestSource::Script(SMOKE) }]
@@ -163,6 +147,35 @@ fn payload(args: &VmTestArgs, workspace: &Path, work: &Path) -> Result<Payload> 
             .collect::<Result<_>>()?
     };
     Ok(Payload { pygocentrus, tests, test_args: args.test_args.clone() })
+}
+
+/// Checks the host's tools, makes the work directory `target/WORK`, and
+/// returns the workspace, that directory and the kernels `label` selects
+/// (`all` or one label of [`KERNELS`]), downloaded if needed.
+fn prepare(label: &str, work: &str) -> Result<(PathBuf, PathBuf, Vec<kernel::Kernel>)> {
+    let kernels: Vec<&'static KernelSpec> = KERNELS.iter().filter(|k| label == "all" || label == k.label).collect();
+    // Fail early, before building, on a machine without the tools.
+    host::tool("qemu-system-x86_64")?;
+    host::tool("busybox")?;
+
+    let workspace = workspace_root()?;
+    let work = target_dir(&workspace).join(work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let cache = kernel::cache_dir()?;
+    // Download before building: a missing kernel is the slow, rare failure.
+    let kernels = kernels.into_iter().map(|spec| kernel::ensure(spec, &cache)).collect::<Result<Vec<_>>>()?;
+    Ok((workspace, work, kernels))
+}
+
+/// Builds pygocentrus (the dev profile: the eBPF program in it is optimized
+/// either way) and returns `WORK/bin` and a slim copy of it there.
+fn build_pygocentrus(workspace: &Path, work: &Path) -> Result<(PathBuf, PathBuf)> {
+    let bin_dir = work.join("bin");
+    fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    let built = cargo_executables(workspace, &["build", "-p", "pygocentrus-userspace", "--bin", "pygocentrus"])?;
+    let (_, pygocentrus) = built.into_iter().next().context("cargo built no pygocentrus executable")?;
+    let pygocentrus = slim(&pygocentrus, &bin_dir.join("pygocentrus"))?;
+    Ok((bin_dir, pygocentrus))
 }
 
 /// Runs `cargo ARGS --message-format=json-render-diagnostics` in the

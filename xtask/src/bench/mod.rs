@@ -11,7 +11,7 @@ mod cost;
 mod frames;
 mod lab;
 mod noop;
-mod report;
+pub mod report;
 mod throughput;
 
 use std::{

@@ -233,14 +233,21 @@ fn throughput_table(o: &mut String, t: &throughput::Report, binary: &str) -> fmt
 /// Replaces the generated section of `path` (creating the file, or
 /// appending the section, when there is none yet).
 pub fn record(path: &Path, section: &str) -> Result<()> {
-    let block = format!("{START}\n{section}{END}\n");
+    record_section(path, START, END, section)
+}
+
+/// Replaces what lies between the markers `start` and `end` in `path`
+/// with `section`; appends the markers and the section when the file has
+/// none, and creates the file (from the skeleton) when it is missing.
+pub fn record_section(path: &Path, start: &str, end: &str, section: &str) -> Result<()> {
+    let block = format!("{start}\n{section}{end}\n");
     let text = match fs::read_to_string(path) {
-        Ok(old) => match (old.find(START), old.find(END)) {
+        Ok(old) => match (old.find(start), old.find(end)) {
             (Some(a), Some(b)) if a < b => {
-                let after = &old[b + END.len()..];
+                let after = &old[b + end.len()..];
                 format!("{}{block}{}", &old[..a], after.strip_prefix('\n').unwrap_or(after))
             }
-            _ => format!("{}\n{block}", old.trim_end()),
+            _ => format!("{}\n\n{block}", old.trim_end()),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{SKELETON}{block}"),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),

@@ -31,8 +31,10 @@ pub const KERNELS: [KernelSpec; 2] = [
 
 /// The modules every run loads, in addition to their dependencies: the lab
 /// (bridge, veth), the netlink attach path (clsact is `sch_ingress`,
-/// `cls_bpf`), and the qdiscs the delay family needs (`fq`, `netem`).
-pub const MODULES: [&str; 6] = ["bridge", "veth", "sch_ingress", "cls_bpf", "sch_fq", "sch_netem"];
+/// `cls_bpf`), the qdiscs the delay family needs (`fq`, `netem`), and the
+/// per-target netem set-up `bench-vm` compares with (`prio`, `u32`).
+pub const MODULES: [&str; 8] =
+    ["bridge", "veth", "sch_ingress", "cls_bpf", "sch_fq", "sch_netem", "sch_prio", "cls_u32"];
 
 /// A kernel unpacked in the cache.
 #[derive(Debug)]

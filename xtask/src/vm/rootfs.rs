@@ -25,8 +25,10 @@ const RUN_TESTS: &str = include_str!("../../vm-guest/run-tests");
 /// Programs the tests and the guest scripts run; the guest gets the host's.
 const REQUIRED_TOOLS: [&str; 4] = ["bash", "ip", "tc", "bridge"];
 /// Packed when the host has them: the not-root test runs the tool under
-/// `setpriv`; socat and iperf3 are the real peers tests may use.
-const OPTIONAL_TOOLS: [&str; 3] = ["setpriv", "socat", "iperf3"];
+/// `setpriv`; socat and iperf3 are the real peers tests may use; ping
+/// (iputils: busybox's rounds to 0.1 ms) is what `cargo xtask bench-vm`
+/// times round trips with.
+const OPTIONAL_TOOLS: [&str; 4] = ["setpriv", "socat", "iperf3", "ping"];
 
 /// A program to run in the guest under `/vm/tests/NAME`.
 #[derive(Debug)]
