@@ -123,6 +123,17 @@ fn per_connection_drop_50_fails_whole_connections() {
     // half-open connection whose SYN-ACK was lost.
     assert_eq!(half_open, 0, "SYN-ACKs were dropped while their SYNs passed");
 }
+/// `conn.read(buf)`, read again when a signal interrupts it: a read with a
+/// timeout is not restarted by the kernel (signal(7)), and this test
+/// process does get the odd signal while many tests run.
+fn read_uninterrupted(conn: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match conn.read(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
 
 /// A server that counts what it receives on one connection until the
 /// stream ends, fails or stalls: (bytes, how it ended).
@@ -181,7 +192,7 @@ fn unplug_after_bytes(tag: &str, v6: bool) {
     // Silence, not a reset: both ends still think the connection is up.
     assert!(ended.is_ok(), "the server's end did not just stall: {ended:?}");
     conn.set_read_timeout(Some(Duration::from_millis(300))).expect("setting a timeout");
-    match conn.read(&mut [0u8; 16]) {
+    match read_uninterrupted(&mut conn, &mut [0u8; 16]) {
         Err(e) if timed_out(&e) => {}
         other => panic!("the client's end did not just stall: {other:?}"),
     }
@@ -227,7 +238,7 @@ fn unplug_after_1s_cuts_an_idle_connection_off() {
     thread::sleep(Duration::from_millis(1500));
     conn.write_all(b"after").expect("writing");
     echo.set_read_timeout(Some(Duration::from_millis(1500))).expect("setting a timeout");
-    let late = echo.read(&mut [0u8; 16]);
+    let late = read_uninterrupted(&mut echo, &mut [0u8; 16]);
     let (mut fresh, mut fresh_echo) = connected(&client, &listener, to);
     fresh.set_read_timeout(Some(ANSWER)).expect("setting a timeout");
     fresh_echo.set_read_timeout(Some(ANSWER)).expect("setting a timeout");
@@ -324,12 +335,12 @@ fn unplug_after_0b_with_reset_after_1s_blackholes_then_resets_both_ends() {
     // becomes the server's reset (the client retransmits 0.2, 0.6, 1.4,
     // 3 s after sending, the kernel's minimal RTO doubling).
     accepted.set_read_timeout(Some(Duration::from_secs(10))).expect("setting a timeout");
-    let server_end = accepted.read(&mut [0u8; 16]);
+    let server_end = read_uninterrupted(&mut accepted, &mut [0u8; 16]);
     let server_after = start.elapsed();
     // The next retransmission passes; the server's kernel, its socket
     // gone, answers it with a reset that reaches the client.
     conn.set_read_timeout(Some(Duration::from_secs(10))).expect("setting a timeout");
-    let client_end = conn.read(&mut [0u8; 16]);
+    let client_end = read_uninterrupted(&mut conn, &mut [0u8; 16]);
     let client_after = start.elapsed();
     let out = tool.terminate();
 
