@@ -8,6 +8,11 @@ use serde_json::{Value, json};
 
 use crate::plan::RuleSpec;
 
+/// The text line names at most this many rules (`--json` has them all):
+/// with a config file of thousands of rules it would be unreadable, and
+/// formatting it once a second would cost the process real CPU.
+const TEXT_RULES: usize = 8;
+
 /// Counters read at one moment: slot 0 (totals), then one per rule.
 pub struct Snapshot<'a> {
     pub elapsed: Duration,
@@ -25,24 +30,25 @@ impl Snapshot<'_> {
     }
 
     /// `3s classifier saw 1200 | rule 1: matched 600 passed 420 dropped 180 ...`
+    ///
+    /// With more than [`TEXT_RULES`] rules, the first of those that matched
+    /// something are shown, and the rest summed up in one clause.
     pub fn text(&self) -> String {
         let mut s = format!("{:.0}s classifier saw {}", self.elapsed.as_secs_f64(), self.total_seen());
-        for (id, c, r) in self.per_rule() {
-            s.push_str(&format!(
-                " | rule {id}: seen {} matched {} passed {} dropped {} corrupted {} corrupted-payload {} reset {}",
-                c.seen, c.matched, c.passed, c.dropped, c.corrupted, c.corrupted_payload, c.reset
-            ));
-            // Flow faults and the delay family only when the rule has them,
-            // to keep the line short.
-            if c.unplugged != 0 || r.faults.unplug_after.is_some() {
-                s.push_str(&format!(" unplugged {}", c.unplugged));
-            }
-            if c.delayed + c.duplicated + c.rate_limited != 0 || r.faults.schedules() || r.faults.duplicate.is_some() {
-                s.push_str(&format!(
-                    " delayed {} duplicated {} rate-limited {}",
-                    c.delayed, c.duplicated, c.rate_limited
-                ));
-            }
+        let all: Vec<_> = self.per_rule().collect();
+        let shown: Vec<_> = if all.len() <= TEXT_RULES {
+            all.clone()
+        } else {
+            all.iter().filter(|(_, c, _)| c.matched > 0).take(TEXT_RULES).copied().collect()
+        };
+        for &(id, c, r) in &shown {
+            s.push_str(&rule_text(id, c, r));
+        }
+        let rest = all.len() - shown.len();
+        if rest > 0 {
+            let shown_ids: Vec<usize> = shown.iter().map(|(id, _, _)| *id).collect();
+            let matched: u64 = all.iter().filter(|(id, _, _)| !shown_ids.contains(id)).map(|(_, c, _)| c.matched).sum();
+            s.push_str(&format!(" | {rest} more rules: matched {matched} (--json shows each)"));
         }
         s
     }
@@ -77,6 +83,22 @@ impl Snapshot<'_> {
     }
 }
 
+/// ` | rule 3: seen ... reset 0`, with the flow-fault and delay-family
+/// counters only when the rule has them, to keep the line short.
+fn rule_text(id: usize, c: &Counters, r: &RuleSpec) -> String {
+    let mut s = format!(
+        " | rule {id}: seen {} matched {} passed {} dropped {} corrupted {} corrupted-payload {} reset {}",
+        c.seen, c.matched, c.passed, c.dropped, c.corrupted, c.corrupted_payload, c.reset
+    );
+    if c.unplugged != 0 || r.faults.unplug_after.is_some() {
+        s.push_str(&format!(" unplugged {}", c.unplugged));
+    }
+    if c.delayed + c.duplicated + c.rate_limited != 0 || r.faults.schedules() || r.faults.duplicate.is_some() {
+        s.push_str(&format!(" delayed {} duplicated {} rate-limited {}", c.delayed, c.duplicated, c.rate_limited));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -105,6 +127,28 @@ mod tests {
         assert_eq!(j["rules"][0]["dropped"], 1);
         assert_eq!(j["rules"][0]["rule"], "ip to/from *:9 drop 5%");
         assert_eq!(j["classifier_seen"], 10);
+    }
+
+    #[test]
+    fn many_rules_show_those_that_matched_and_a_sum_of_the_rest() {
+        let Command::Attach(a) =
+            Cli::try_parse_from(["p", "attach", "--iface", "x", "--port", "9", "--drop", "5"]).unwrap().command
+        else {
+            unreachable!()
+        };
+        let rules = vec![RuleSpec::from_attach(&a).unwrap(); 1000];
+        let mut slots = vec![Counters::default(); 1001];
+        slots[500].matched = 7;
+        slots[900].matched = 2;
+        let snap = Snapshot { elapsed: Duration::from_secs(1), slots: &slots, rules: &rules };
+        let text = snap.text();
+        assert!(text.contains(" | rule 500: seen 0 matched 7 "), "{text}");
+        assert!(text.contains(" | rule 900: seen 0 matched 2 "), "{text}");
+        assert!(text.ends_with(" | 998 more rules: matched 0 (--json shows each)"), "{text}");
+        assert_eq!(snap.json("counters")["rules"].as_array().map(Vec::len), Some(1000));
+        // A few rules: every one, matched or not.
+        let snap = Snapshot { elapsed: Duration::from_secs(1), slots: &slots[..3], rules: &rules[..2] };
+        assert!(snap.text().contains(" | rule 2: ") && !snap.text().contains("more rules"), "{}", snap.text());
     }
 
     #[test]
