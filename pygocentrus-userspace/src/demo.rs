@@ -19,9 +19,9 @@ use grpc_hello::Code;
 use pygocentrus_common::Counters;
 
 use self::{
-    grpc::{GRPC_PORT, GreeterServer},
+    grpc::{GRPC_PORT, greeter_server},
     lab::{ADDR_A, ADDR_B, BRIDGE, ETH, Lab, PORT_A, PORT_B, ip_checksum_errors},
-    traffic::{EchoServer, TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp, wait_reachable},
+    traffic::{TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp, wait_reachable},
 };
 use crate::{
     attach::{Attachment, Target},
@@ -50,8 +50,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut signals = Signals::install()?;
     let started = std::time::Instant::now();
     let lab = Lab::build().await.context("building the lab")?;
-    let echo_server = EchoServer::start(&lab)?;
-    let greeter_server = GreeterServer::start(&lab)?;
+    let echo_server = traffic::echo_server(&lab)?;
+    let greeter_server = greeter_server(&lab)?;
     intro();
 
     let mut demo = Demo { lab: &lab, args: &args, signals: &mut signals, failed: Vec::new(), skipped: Vec::new() };
@@ -209,11 +209,7 @@ impl Demo<'_> {
     }
 
     async fn grpc_drop(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
-        let attack = Attack::GrpcDrop;
-        header(7, &attack.title());
-        self.warm(greeter).await?;
-        let (results, c) = self.under_attack(attack, async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await?;
-        grpc::show(&results);
+        let (results, c) = self.grpc_calls_under(7, Attack::GrpcDrop, greeter).await?;
         row("packets dropped by pygocentrus", c.dropped);
         let failed = failed_with(&results, &[Code::DeadlineExceeded, Code::Unavailable]);
         self.verdict(
@@ -228,11 +224,7 @@ impl Demo<'_> {
     }
 
     async fn grpc_reset(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
-        let attack = Attack::GrpcReset;
-        header(8, &attack.title());
-        self.warm(greeter).await?;
-        let (results, c) = self.under_attack(attack, async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await?;
-        grpc::show(&results);
+        let (results, c) = self.grpc_calls_under(8, Attack::GrpcReset, greeter).await?;
         row("resets made by pygocentrus", c.reset);
         // The open connection's reset reaches tonic as an HTTP/2 connection
         // error, which it reports as UNKNOWN; the reconnections are refused.
@@ -255,10 +247,7 @@ impl Demo<'_> {
     }
 
     async fn grpc_delay(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
-        let attack = Attack::GrpcDelay;
-        header(9, &attack.title());
-        self.warm(greeter).await?;
-        let (results, c) = match self.under_attack(attack, async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await {
+        let (results, c) = match self.grpc_calls_under(9, Attack::GrpcDelay, greeter).await {
             Err(e) if e.downcast_ref::<UsageError>().is_some_and(|u| matches!(u, UsageError::Qdisc(_))) => {
                 println!("      skipped: {e}");
                 self.skipped.push("gRPC delay");
@@ -266,7 +255,6 @@ impl Demo<'_> {
             }
             other => other?,
         };
-        grpc::show(&results);
         row("packets delayed by pygocentrus", c.delayed);
         // Request and answer each wait GRPC_DELAY, at least: departure
         // times are never early.
@@ -279,6 +267,22 @@ impl Demo<'_> {
             format!("{slow} of {} calls answered after {} or more", results.len(), ms(floor)),
         );
         Ok(())
+    }
+
+    /// Phase `n`: CALLS gRPC calls under `attack`, on a channel made
+    /// sure to work first, shown one per line; their results and the
+    /// rule's counters.
+    async fn grpc_calls_under(
+        &mut self,
+        n: usize,
+        attack: Attack,
+        greeter: &mut grpc::Greeter,
+    ) -> Result<(Vec<grpc_hello::CallResult>, Counters)> {
+        header(n, &attack.title());
+        self.warm(greeter).await?;
+        let (results, c) = self.under_attack(attack, async { Ok(grpc::calls(greeter, CALLS, GAP).await) }).await?;
+        grpc::show(&results);
+        Ok((results, c))
     }
 
     /// Makes sure A's channel is connected and B answers, before a phase:

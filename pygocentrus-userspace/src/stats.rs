@@ -46,8 +46,9 @@ impl Snapshot<'_> {
         }
         let rest = all.len() - shown.len();
         if rest > 0 {
-            let shown_ids: Vec<usize> = shown.iter().map(|(id, _, _)| *id).collect();
-            let matched: u64 = all.iter().filter(|(id, _, _)| !shown_ids.contains(id)).map(|(_, c, _)| c.matched).sum();
+            let matched =
+                |rules: &[(usize, &Counters, &RuleSpec)]| rules.iter().map(|(_, c, _)| c.matched).sum::<u64>();
+            let matched = matched(&all) - matched(&shown);
             s.push_str(&format!(" | {rest} more rules: matched {matched} (--json shows each)"));
         }
         s

@@ -12,12 +12,12 @@ use std::{
 use anyhow::{Context as _, Result};
 use grpc_hello::CallResult;
 pub use grpc_hello::Greeter;
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    task::AbortHandle,
-};
+use tokio::net::TcpSocket;
 
-use super::lab::{ADDR_B, Lab};
+use super::{
+    lab::{ADDR_B, Lab},
+    traffic::Server,
+};
 
 pub const GRPC_PORT: u16 = 50051;
 /// Each call's deadline: a call on a clean bridge takes a millisecond or
@@ -26,32 +26,13 @@ pub const DEADLINE: Duration = Duration::from_secs(1);
 /// The name sent in every call.
 const NAME: &str = "pygocentrus demo";
 
-/// B's Greeter server; stops when dropped.
-pub struct GreeterServer(AbortHandle);
-
-impl GreeterServer {
-    pub fn start(lab: &Lab) -> Result<Self> {
-        let listener = lab
-            .b
-            .run(|| {
-                let l = std::net::TcpListener::bind((ADDR_B, GRPC_PORT))?;
-                l.set_nonblocking(true)?;
-                TcpListener::from_std(l)
-            })
-            .context("starting B's gRPC server")?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = grpc_hello::serve(listener, false, std::future::pending()).await {
-                eprintln!("pygocentrus: demo: B's gRPC server stopped: {e}");
-            }
-        });
-        Ok(Self(task.abort_handle()))
-    }
-}
-
-impl Drop for GreeterServer {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// B's Greeter server.
+pub fn greeter_server(lab: &Lab) -> Result<Server> {
+    Server::start(lab, GRPC_PORT, "gRPC server", |listener| async move {
+        if let Err(e) = grpc_hello::serve(listener, false, std::future::pending()).await {
+            eprintln!("pygocentrus: demo: B's gRPC server stopped: {e}");
+        }
+    })
 }
 
 /// A's Greeter client: one channel (HTTP/2 connection), reconnected after a

@@ -116,32 +116,41 @@ fn udp_socket(ns: &Netns, addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-/// B's TCP echo server; stops when dropped.
-pub struct EchoServer(AbortHandle);
+/// A server of B's, run as a task; stops when dropped.
+pub struct Server(AbortHandle);
 
-impl EchoServer {
-    pub fn start(lab: &Lab) -> Result<Self> {
+impl Server {
+    /// Listens on B's `port` and runs `serve` on that listener as a task;
+    /// `what` names it in errors.
+    pub fn start<F>(lab: &Lab, port: u16, what: &str, serve: impl FnOnce(TcpListener) -> F) -> Result<Self>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let listener = lab
             .b
             .run(|| {
-                let l = std::net::TcpListener::bind((ADDR_B, TCP_PORT))?;
+                let l = std::net::TcpListener::bind((ADDR_B, port))?;
                 l.set_nonblocking(true)?;
                 TcpListener::from_std(l)
             })
-            .context("starting B's TCP echo server")?;
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(echo_back(stream));
-            }
-        });
-        Ok(Self(task.abort_handle()))
+            .with_context(|| format!("starting B's {what}"))?;
+        Ok(Self(tokio::spawn(serve(listener)).abort_handle()))
     }
 }
 
-impl Drop for EchoServer {
+impl Drop for Server {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// B's TCP echo server.
+pub fn echo_server(lab: &Lab) -> Result<Server> {
+    Server::start(lab, TCP_PORT, "TCP echo server", |listener| async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(echo_back(stream));
+        }
+    })
 }
 
 async fn echo_back(stream: TcpStream) {

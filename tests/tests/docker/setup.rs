@@ -9,7 +9,7 @@ use std::{
     net::Ipv4Addr,
     path::Path,
     process::{Command, Output},
-    sync::{Arc, Once},
+    sync::Once,
 };
 
 /// Every name this suite gives a Docker object starts with this.
@@ -33,21 +33,21 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// The engine the tests use, made ready by `crate::engine::ready` (the
-/// repository's `scripts/dockerd-up`): held by every [`Setup`] so that the
-/// sweep of what dead test processes left runs once, before the first.
+/// Proof that the engine answers, made ready by `crate::engine::ready` (the
+/// repository's `scripts/dockerd-up`), and that what dead test processes
+/// left was swept: every [`Setup`] takes one.
 pub struct Engine;
 
 impl Engine {
     /// The engine, or `None` (the reason already said) where none can run,
     /// e.g. in the QEMU guests of `cargo xtask vm-test`. An engine that is
     /// installed but fails to start is a failure, not a skip.
-    pub fn get() -> Option<Arc<Self>> {
+    pub fn get() -> Option<Self> {
         if !crate::engine::ready() {
             return None;
         }
         sweep_dead();
-        Some(Arc::new(Self))
+        Some(Self)
     }
 }
 
@@ -138,14 +138,14 @@ pub struct Setup {
     /// Networks added with [`Setup::add_network`].
     more_networks: Vec<String>,
     containers: Vec<String>,
-    _engine: Arc<Engine>,
+    _engine: Engine,
 }
 
 impl Setup {
     /// An image and a bridge network of their own for the test `tag`
     /// (letters only, at most 3, or 2 with [`Setup::add_network`], so that
     /// bridge names fit in 15 characters).
-    pub fn new(engine: Arc<Engine>, tag: &str) -> Self {
+    pub fn new(engine: Engine, tag: &str) -> Self {
         assert!(tag.len() <= 3 && tag.chars().all(|c| c.is_ascii_lowercase()), "tag '{tag}'");
         let pid = std::process::id();
         let base = format!("{PREFIX}{pid}-{tag}");
