@@ -162,6 +162,9 @@ fn iperf_received(client: &str, server: &str, server_ip: &str, port: u16) -> Res
         .spawn()
         .unwrap_or_else(|e| panic!("starting iperf3 (scripts/setup installs it): {e}"));
     // The server listens within milliseconds; the client retries briefly.
+    // A refused connection is retried whatever iperf3's exit status (the
+    // iperf3 in Debian 12 can exit 0 with the refusal in its JSON `error`).
+    let mut last = String::from("the iperf3 client never ran");
     let mut report = None;
     for _ in 0..50 {
         let out = output_within(
@@ -175,16 +178,25 @@ fn iperf_received(client: &str, server: &str, server_ip: &str, port: u16) -> Res
             ]),
             IPERF_DEADLINE,
         );
-        if out.status.success() {
-            report = Some(out.stdout);
+        let parsed: Result<Value, String> =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 JSON ({}): {e}", out.status));
+        let refused = match &parsed {
+            Ok(json) => json["error"].as_str().is_some_and(|e| e.contains("unable to connect")),
+            Err(_) => !out.status.success(),
+        };
+        if !refused {
+            report = Some(parsed);
             break;
         }
+        last = match parsed {
+            Ok(json) => format!("the iperf3 client never connected: {}", json["error"]),
+            Err(e) => e,
+        };
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = iperf_server.kill();
     let _ = iperf_server.wait();
-    let report = report.ok_or("the iperf3 client never connected")?;
-    let report: Value = serde_json::from_slice(&report).map_err(|e| format!("iperf3 JSON: {e}"))?;
+    let report = report.ok_or(last)??;
     report["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| {
         let error = report["error"].as_str().unwrap_or("no error given");
         format!("iperf3 reported no received rate ({error}); its end section: {}", report["end"])
