@@ -433,9 +433,9 @@ pub struct SetArgs {
 
 #[derive(Debug, Args)]
 pub struct GuardArgs {
-    /// The run to watch over.
+    /// The run to watch over (its name in /run/pygocentrus: PID-RANDOM).
     #[arg(long)]
-    pub pid: u32,
+    pub run: String,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 //! What a run adds that the kernel does not remove when the process dies
 //! (cls_bpf filters and clsact on the netlink path, fq qdiscs on any path)
 //! is recorded in its state file (see `hooks.rs`). Before adding any of it,
-//! the run starts `pygocentrus guard --pid PID` with a pipe as its stdin and
+//! the run starts `pygocentrus guard --run RUN` with a pipe as its stdin and
 //! never writes to it. The guard blocks reading that pipe; the read returns
 //! end-of-file only when every copy of the write end is closed, which
 //! happens when the run exits, however it exits (even SIGKILL). A run that
@@ -38,7 +38,7 @@ impl Guard {
     /// namespace (where the hooks are).
     pub fn spawn() -> Result<Self> {
         let mut child = Command::new("/proc/self/exe")
-            .args(["guard", "--pid", &std::process::id().to_string()])
+            .args(["guard", "--run", hooks::run_id()])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .process_group(0)
@@ -56,8 +56,8 @@ impl Drop for Guard {
     }
 }
 
-/// The guard's side: waits for run `pid` to end, then cleans what it left.
-pub async fn run(pid: u32) -> Result<()> {
+/// The guard's side: waits for run `run` to end, then cleans what it left.
+pub async fn run(run: &str) -> Result<()> {
     let mut stdin = std::io::stdin();
     let mut buf = [0u8; 64];
     loop {
@@ -69,10 +69,10 @@ pub async fn run(pid: u32) -> Result<()> {
         }
     }
     let nl = Netlink::open().context("opening rtnetlink")?;
-    let cleaned = hooks::clean_after(&nl, pid).await?;
+    let cleaned = hooks::clean_after(&nl, run).await?;
     if !cleaned.is_empty() {
         eprintln!(
-            "pygocentrus: guard: run {pid} ended without detaching; removed its hooks from {}",
+            "pygocentrus: guard: run {run} ended without detaching; removed its hooks from {}",
             cleaned.join(", ")
         );
     }

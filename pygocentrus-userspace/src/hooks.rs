@@ -6,12 +6,22 @@
 //! kernels hooks are cls_bpf filters on a clsact qdisc, which outlive the
 //! process; a state file under [`STATE_DIR`] records what this process
 //! added, and the next start removes what a dead process left behind.
+//!
+//! State files are named by the run (see [`run_id`]), not by PID alone: in
+//! a container without `pid: host` every run is PID 1, so a PID cannot tell
+//! a dead run's leftovers from a live run's hooks. Each run holds an
+//! exclusive `flock` on its own lock file for as long as it lives; a lock
+//! that can be taken means the run is gone, whatever its PID names now.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::Write as _,
     path::{Path, PathBuf},
+    sync::{
+        Mutex, OnceLock, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use anyhow::{Context as _, Result};
@@ -22,6 +32,7 @@ use aya::{
     },
     util::KernelVersion,
 };
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::{
     cli::HookMode,
@@ -87,7 +98,10 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn new(method: Method, fq: Option<FqParams>) -> Self {
-        let state = state_path(std::process::id());
+        // One process may hold several sets of hooks (the library's
+        // sessions): each has its own state file of the run.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let state = Path::new(STATE_DIR).join(format!("{}.{}.state", run_id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         Self { method, fq, ports: BTreeMap::new(), state }
     }
 
@@ -213,10 +227,15 @@ impl Hooks {
         for index in indexes {
             self.detach(engine, nl, index).await;
         }
+        let mut lock = RUN_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = fs::remove_file(&self.state)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             eprintln!("pygocentrus: warning: removing {}: {e}", self.state.display());
+        }
+        if lock.is_some() && state_files(run_id()).is_empty() {
+            remove_lock_file(run_id());
+            *lock = None;
         }
     }
 
@@ -240,8 +259,10 @@ impl Hooks {
         for (index, p) in &self.ports {
             text.push_str(&format!("{index} {} {} {}\n", p.name, u8::from(p.added_clsact), u8::from(p.added_fq)));
         }
-        let write = || -> std::io::Result<()> {
+        let mut lock = RUN_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut write = || -> std::io::Result<()> {
             fs::create_dir_all(STATE_DIR)?;
+            lock_run(&mut lock)?;
             let tmp = self.state.with_extension("tmp");
             fs::File::create(&tmp)?.write_all(text.as_bytes())?;
             fs::rename(&tmp, &self.state)
@@ -315,56 +336,122 @@ async fn remove_clsact_if_unused(nl: &Netlink, index: u32, name: &str) {
     }
 }
 
+/// This run's name, unique on the machine: `PID-RANDOM`.
+pub fn run_id() -> &'static str {
+    static RUN: OnceLock<String> = OnceLock::new();
+    RUN.get_or_init(|| format!("{}-{:016x}", std::process::id(), rand::random::<u64>()))
+}
+
+/// The lock that says this run is alive: an exclusive `flock` on
+/// `STATE_DIR/RUN.lock`, taken before the run's first state file is
+/// written and given up (the file removed) when its last one is. The
+/// kernel releases it however the process dies.
+static RUN_LOCK: Mutex<Option<Flock<fs::File>>> = Mutex::new(None);
+
+fn lock_run(held: &mut Option<Flock<fs::File>>) -> std::io::Result<()> {
+    if held.is_none() {
+        let file = fs::File::create(lock_path(run_id()))?;
+        *held = Some(Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| std::io::Error::from(e))?);
+    }
+    Ok(())
+}
+
+fn lock_path(run: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{run}.lock"))
+}
+
+/// Whether run `run` (a name from [`run_id`], or a bare PID as state files
+/// of earlier versions were named) is still alive.
+fn run_alive(run: &str) -> bool {
+    if run == run_id() {
+        return true;
+    }
+    if run.bytes().all(|b| b.is_ascii_digit()) {
+        return Path::new("/proc").join(run).exists();
+    }
+    let Ok(file) = fs::File::open(lock_path(run)) else { return false };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
+
+/// The state files of `run`: `RUN.N.state`, and `RUN.state` as earlier
+/// versions named them.
+fn state_files(run: &str) -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir(STATE_DIR) else { return Vec::new() };
+    dir.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(state_run).is_some_and(|r| r == run))
+        .collect()
+}
+
+/// The run a state file's name belongs to.
+fn state_run(file_name: &str) -> Option<&str> {
+    let stem = file_name.strip_suffix(".state")?;
+    Some(stem.split_once('.').map_or(stem, |(run, _)| run))
+}
+
 /// Removes what earlier runs that died without detaching (SIGKILL, power
 /// loss of the namespace's owner...) left behind, as their state files say:
 /// filters and the clsact qdiscs they added, and their fq qdiscs. Returns
 /// the interfaces cleaned.
 pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
+    let Ok(dir) = fs::read_dir(STATE_DIR) else { return Ok(Vec::new()) };
+    // Runs with state files, and runs that died between taking their lock
+    // and writing their first state file.
+    let runs: BTreeSet<String> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".lock").or_else(|| state_run(&name)).map(str::to_owned)
+        })
+        .collect();
     let mut cleaned = Vec::new();
-    let Ok(dir) = fs::read_dir(STATE_DIR) else { return Ok(cleaned) };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let Some(pid) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".state"))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid as u32 == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        cleaned.extend(clean_state_file(nl, &path).await?);
+    for run in runs.iter().filter(|r| !run_alive(r)) {
+        cleaned.extend(clean_after(nl, run).await?);
     }
     Ok(cleaned)
 }
 
-/// Removes what run `pid` left, if it left a state file: what its guard
-/// process does as soon as that run has ended (see `guard.rs`).
-pub async fn clean_after(nl: &Netlink, pid: u32) -> Result<Vec<String>> {
-    let path = state_path(pid);
-    if !path.exists() {
-        return Ok(Vec::new());
+/// Removes what run `run` left, if it left state files: what its guard
+/// process does as soon as that run has ended (see `guard.rs`), and what
+/// the next start does if the guard died too. The run's lock file goes
+/// once its state files are all gone.
+pub async fn clean_after(nl: &Netlink, run: &str) -> Result<Vec<String>> {
+    let mut cleaned = Vec::new();
+    let mut left = false;
+    for path in state_files(run) {
+        match clean_state_file(nl, &path).await? {
+            Some(names) => cleaned.extend(names),
+            None => left = true,
+        }
     }
-    clean_state_file(nl, &path).await
+    if !left {
+        remove_lock_file(run);
+    }
+    Ok(cleaned)
 }
 
-fn state_path(pid: u32) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{pid}.state"))
+fn remove_lock_file(run: &str) {
+    if let Err(e) = fs::remove_file(lock_path(run))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("pygocentrus: warning: removing {}: {e}", lock_path(run).display());
+    }
 }
 
 /// Undoes what one state file records, then deletes the file. A state file
-/// of another network namespace is left alone: its indexes and names mean
-/// nothing here, and a run inside that namespace cleans it.
-async fn clean_state_file(nl: &Netlink, path: &Path) -> Result<Vec<String>> {
+/// of another network namespace is left alone (`None`): its indexes and
+/// names mean nothing here, and a run inside that namespace cleans it.
+async fn clean_state_file(nl: &Netlink, path: &Path) -> Result<Option<Vec<String>>> {
     let mut cleaned = Vec::new();
     let own_netns = netns_id().context("identifying this network namespace")?;
     let text = fs::read_to_string(path).unwrap_or_default();
     let mut lines = text.lines();
     let netns = lines.next().and_then(|l| l.strip_prefix(NETNS_TAG)).map(str::trim);
     if netns != Some(own_netns.as_str()) {
-        return Ok(cleaned);
+        return Ok(None);
     }
     let links = nl.links().await?;
     for line in lines {
@@ -394,6 +481,37 @@ async fn clean_state_file(nl: &Netlink, path: &Path) -> Result<Vec<String>> {
         }
         cleaned.push(name.to_owned());
     }
-    fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-    Ok(cleaned)
+    // The guard and a new start may both be cleaning a dead run.
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", path.display()));
+        }
+        _ => {}
+    }
+    Ok(Some(cleaned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_name_their_run() {
+        assert_eq!(state_run("1234-00ff00ff00ff00ff.0.state"), Some("1234-00ff00ff00ff00ff"));
+        assert_eq!(state_run("1234-00ff00ff00ff00ff.12.state"), Some("1234-00ff00ff00ff00ff"));
+        // As earlier versions named them: by PID alone.
+        assert_eq!(state_run("1234.state"), Some("1234"));
+        assert_eq!(state_run("1234-00ff00ff00ff00ff.lock"), None);
+        assert_eq!(state_run("1234.0.tmp"), None);
+    }
+
+    #[test]
+    fn run_ids_differ_from_pids_and_stay_put() {
+        let id = run_id();
+        assert_eq!(id, run_id());
+        let (pid, random) = id.split_once('-').expect("PID-RANDOM");
+        assert_eq!(pid, std::process::id().to_string());
+        assert_eq!(random.len(), 16);
+        assert!(!id.contains('.'), "a run id must not contain the state files' separator");
+    }
 }

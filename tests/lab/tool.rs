@@ -69,6 +69,15 @@ impl Lab {
         Tool::spawn(self.tool_command(&setpriv, args))
     }
 
+    /// Starts the tool in a PID namespace of its own, where it is PID 1 (as
+    /// in a container without `pid: host`), and waits until every hook is
+    /// in place. The returned tool is `unshare`; [`Tool::inner`] is the
+    /// tool itself. Killing PID 1 ends the namespace: its guard dies too.
+    pub fn attach_as_pid_1(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
+        let unshare = ["unshare", "--pid", "--fork", "--kill-child"];
+        Tool::spawn(self.tool_command(&unshare, args)).attached(args)
+    }
+
     /// Starts the tool and waits until it says every hook is in place.
     pub fn attach(&self, args: &[impl AsRef<str>]) -> Tool<'_> {
         self.spawn(args).attached(args)
@@ -174,6 +183,14 @@ impl Tool<'_> {
         let pid = self.pid();
         let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         children.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).next()
+    }
+
+    /// The first child of the process started: the tool itself when that
+    /// was a wrapper such as `unshare --fork`.
+    pub fn inner(&self) -> Pid {
+        let pid = self.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).next().expect("no child")
     }
 
     /// Kills the tool and its guard together with SIGKILL, guard first, as

@@ -173,6 +173,36 @@ fn killed_with_its_guard_a_run_leaves_filters_that_the_next_run_removes() {
     assert_eq!(flow.exchange(20).received(), 20, "traffic does not flow after the clean-up");
 }
 
+/// In a container without `pid: host` every run is PID 1 and the end of
+/// the container kills its guard too: the next run, PID 1 as well, must
+/// still tell the dead run's filters from its own (a PID cannot).
+#[test]
+fn a_run_that_was_pid_1_is_cleaned_by_the_next_pid_1() {
+    let lab = Lab::new("pid1", 2);
+    let flow = UdpFlow::new(&lab.container(0), 0, &lab.container(1), PORT, false);
+    let run = drop_all("netlink");
+    let tool = lab.attach_as_pid_1(&run);
+    // SIGKILL to PID 1 ends the namespace: the guard dies with it.
+    nix::sys::signal::kill(tool.inner(), Signal::SIGKILL).expect("killing PID 1");
+    tool.wait(TOOL_TIMEOUT);
+    assert_ports_hooked(&lab, "netlink");
+    assert_eq!(flow.exchange(20).received(), 0, "the orphaned filters stopped dropping");
+
+    let tool = lab.attach_as_pid_1(&run);
+    let stderr = tool.stderr();
+    for i in 0..2 {
+        let said = format!("removed hooks a killed earlier run left on {}", lab.container(i).port);
+        assert!(stderr.iter().any(|l| l.contains(&said)), "no '{said}' in {stderr:#?}");
+    }
+    for (port, hooks) in lab.port_hooks() {
+        assert_eq!(hooks.filters.iter().filter(|f| f.contains(PROG_INGRESS)).count(), 1, "{port}: {hooks:#?}");
+    }
+    nix::sys::signal::kill(tool.inner(), Signal::SIGTERM).expect("stopping PID 1");
+    tool.wait(TOOL_TIMEOUT).assert_exit(0);
+    lab.assert_clean("after the second PID 1", Duration::ZERO);
+    assert_eq!(flow.exchange(20).received(), 20, "traffic does not flow after the clean-up");
+}
+
 /// A port that joins the bridge while the tool runs is hooked (with
 /// `hook`), and one that leaves it unhooked.
 fn ports_follow_the_bridge(tag: &str, hook: &str) {
