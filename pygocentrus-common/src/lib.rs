@@ -220,12 +220,27 @@ pub struct Rule {
     /// `tcp_flags_clear`; other packets pass uncounted but for `seen`.
     pub tcp_flags_any: u32,
     pub tcp_flags_clear: u32,
+    /// "Slow close": a TCP segment carrying FIN leaves this much later
+    /// (Toxiproxy's `slow_close`). 0: none.
+    pub fin_delay_ns: u64,
+    /// Share of matched FIN segments (with [`RULE_PER_CONNECTION`]: of
+    /// connections) that get `fin_delay_ns`.
+    pub fin_delay_prob: Threshold,
+    /// Share of connections the flow limits apply to (with
+    /// [`RULE_PER_CONNECTION`]); [`PROB_ALWAYS`] otherwise.
+    pub limit_prob: Threshold,
+    /// Share of connections the rate applies to (with
+    /// [`RULE_PER_CONNECTION`]); [`PROB_ALWAYS`] otherwise.
+    pub rate_prob: Threshold,
+    pub _pad: u32,
 }
 
 impl Rule {
     /// Whether the rule sets departure times: those need the `fq` qdisc.
     pub const fn schedules(&self) -> bool {
-        ((self.delay_ns != 0 || self.jitter_ns != 0) && self.delay_prob != PROB_NEVER) || self.rate_bytes != 0
+        ((self.delay_ns != 0 || self.jitter_ns != 0) && self.delay_prob != PROB_NEVER)
+            || (self.rate_bytes != 0 && self.rate_prob != PROB_NEVER)
+            || (self.fin_delay_ns != 0 && self.fin_delay_prob != PROB_NEVER)
     }
 
     /// Whether the rule keeps per-connection state in the `CONNS` map.
@@ -294,6 +309,12 @@ pub enum Action {
     /// The two draws of the loss model: state change, then loss.
     GeTransition = 9,
     GeLoss = 10,
+    /// Whether a connection's flow limits apply (per connection only).
+    Limit = 11,
+    /// Whether the rate applies (per connection only).
+    Rate = 12,
+    /// Whether a FIN is held back.
+    FinDelay = 13,
 }
 
 /// Per-rule counters, one per CPU, summed by userspace. Slot 0 holds the

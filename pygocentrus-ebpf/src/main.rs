@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use pygocentrus_common::{
     Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_PORTLESS, CONN_RESET_FWD, CONN_RESET_REV, CONN_UNPLUGGED, Config,
-    Counters, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MARK_DUPLICATE, PROB_NEVER, PROTO_TCP, RULE_GE,
-    RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_RST, TargetValue, Threshold, decide,
+    Counters, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MARK_DUPLICATE, PROB_ALWAYS, PROB_NEVER, PROTO_TCP, RULE_GE,
+    RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_FIN, TCP_RST, TargetValue, Threshold, decide,
 };
 
 use crate::parse::Packet;
@@ -260,7 +260,11 @@ fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Flow {
 #[inline(always)]
 fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, hook: Hook) -> i32 {
     let dice = Dice::new(pkt, rule);
-    let flow = if rule.limits_flows() { flow_limits(pkt, id, rule, &dice) } else { Flow::Dice };
+    let flow = if rule.limits_flows() && dice.fires(rule.limit_prob, Action::Limit) {
+        flow_limits(pkt, id, rule, &dice)
+    } else {
+        Flow::Dice
+    };
     match flow {
         Flow::Pass => {
             maps::count(id, bump_passed);
@@ -308,8 +312,14 @@ fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) ->
     if !rule.schedules() {
         return PASS;
     }
-    let delay = dice.fires(rule.delay_prob, Action::Delay);
-    let done = sched::schedule(ctx, pkt, id, rule, delay, dice.draw(Action::Jitter));
+    let chosen = sched::Chosen {
+        delay: dice.fires(rule.delay_prob, Action::Delay),
+        rate: rule.rate_bytes != 0 && dice.fires(rule.rate_prob, Action::Rate),
+        fin: rule.fin_delay_ns != 0
+            && pkt.tcp_flags & TCP_FIN != 0
+            && dice.fires(rule.fin_delay_prob, Action::FinDelay),
+    };
+    let done = sched::schedule(ctx, pkt, id, rule, &chosen, dice.draw(Action::Jitter));
     if done.overflow {
         maps::count(id, |c| c.dropped += 1);
         return SHOT;
@@ -428,6 +438,9 @@ impl Dice {
     fn fires(&self, threshold: Threshold, action: Action) -> bool {
         if threshold == PROB_NEVER {
             return false;
+        }
+        if threshold == PROB_ALWAYS {
+            return true;
         }
         let draw = if self.per_conn { decide::seeded_draw(self.seed, self.conn, 0, action) } else { self.draw(action) };
         decide::fires(draw, threshold)

@@ -27,16 +27,26 @@ pub struct Scheduled {
     pub overflow: bool,
 }
 
-/// Sets the departure time of a packet at egress. `delay` is whether the
-/// rule's delay applies to this packet, `jitter` the draw that picks it
-/// from the distribution.
+/// Which of the rule's schedules the dice chose for this packet.
+pub struct Chosen {
+    /// The delay (and its jitter).
+    pub delay: bool,
+    /// The rate.
+    pub rate: bool,
+    /// The FIN delay (the packet carries FIN).
+    pub fin: bool,
+}
+
+/// Sets the departure time of a packet at egress: the rate first, then the
+/// delay (`jitter` is the draw that picks it from the distribution) and
+/// the FIN delay, then the flow's order.
 #[inline(always)]
-pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, delay: bool, jitter: u32) -> Scheduled {
+pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Chosen, jitter: u32) -> Scheduled {
     let mut out = Scheduled::default();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut departure = now;
-    if rule.rate_bytes != 0
+    if chosen.rate
         && let Some(state) = maps::rule_state(id)
     {
         if state.next_departure > now.saturating_add(RATE_BACKLOG_NS) {
@@ -50,12 +60,16 @@ pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, delay: bool
         state.next_departure =
             departure + (u64::from(ctx.len()) * NSEC_PER_SEC).checked_div(rule.rate_bytes).unwrap_or(0);
     }
-    if delay {
+    if chosen.delay {
         let d = pick_delay(rule, jitter);
         if d != 0 {
             departure += d;
             out.delayed = true;
         }
+    }
+    if chosen.fin {
+        departure += rule.fin_delay_ns;
+        out.delayed = true;
     }
     if rule.flags & RULE_KEEP_ORDER != 0 {
         departure = maps::in_flow_order(&pkt.flow_key(), departure);

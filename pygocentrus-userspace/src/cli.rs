@@ -242,6 +242,37 @@ pub struct RuleArgs {
     #[serde(deserialize_with = "de::rate", serialize_with = "ser::rate", skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
 
+    /// With --per-connection: pace only this share of connections (the
+    /// others pass at full speed). Default: all.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_pct: Option<Percent>,
+
+    /// "Slow close": hold back each segment carrying FIN (the end of what
+    /// a side sends) by this long, so the peer sees the connection close
+    /// late, like Toxiproxy's slow_close. TCP only; needs fq like --delay.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[serde(
+        deserialize_with = "de::duration",
+        serialize_with = "ser::duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fin_delay: Option<Duration>,
+
+    /// Hold back only this share of FINs (with --per-connection: of
+    /// connections). Default: all.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fin_delay_pct: Option<Percent>,
+
     /// Burst loss with the Gilbert-Elliott model, parameters as netem's:
     /// gemodel:P[,R[,1-H[,1-K]]] in percent (R defaults to 100-P, 1-H to
     /// 100, 1-K to 0).
@@ -290,6 +321,16 @@ pub struct RuleArgs {
         skip_serializing_if = "Option::is_none"
     )]
     pub reset_after: Option<FlowLimit>,
+
+    /// With --per-connection: apply --unplug-after and --reset-after to
+    /// only this share of connections. Default: all.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    #[serde(
+        deserialize_with = "de::percent",
+        serialize_with = "ser::percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub limit_pct: Option<Percent>,
 
     /// Judge only TCP segments with at least one of these flags (comma
     /// list of syn, fin, rst, ack, psh, urg, ece, cwr), or `syn-only`

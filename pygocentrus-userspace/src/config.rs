@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(plan(""), "config: no [[rule]] or [[phase]] in the config file");
         assert_eq!(
             plan("[[rule]]\nport = 1\n"),
-            "config: rule 1: no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate, --loss-model, --unplug-after or --reset-after"
+            "config: rule 1: no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate, --loss-model, --unplug-after, --reset-after or --fin-delay"
         );
         assert!(plan("[[rule]]\nport = 1\ndrop = 1\n[[rule]]\ndrop = 5\n").starts_with("config: rule 2: refusing"));
         assert!(plan("[[rule]]\nport = 1\ndrop = 1\n[[rule]]\nport = 1\nreset = 5\n").contains("rules 1 and 2"));

@@ -22,11 +22,11 @@ use crate::{
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum UsageError {
     #[error(
-        "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate, --loss-model, --unplug-after or --reset-after"
+        "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate, --loss-model, --unplug-after, --reset-after or --fin-delay"
     )]
     NoFault,
     #[error(
-        "--per-connection needs a fault with a percentage: --drop, --reset, --corrupt, --corrupt-payload, --duplicate or --delay-pct"
+        "--per-connection needs a fault with a percentage: --drop, --reset, --corrupt, --corrupt-payload, --duplicate, --delay-pct, --rate-pct, --limit-pct or --fin-delay-pct"
     )]
     PerConnectionNeedsShare,
     /// A flag that only means something for TCP, with `--proto udp`.
@@ -34,6 +34,10 @@ pub enum UsageError {
     NeedsTcp(&'static str),
     #[error("{0} needs --delay")]
     NeedsDelay(&'static str),
+    #[error("{0} needs {1}")]
+    ShareNeedsFault(&'static str, &'static str),
+    #[error("{0} is a share of connections: add --per-connection")]
+    SharePerConnection(&'static str),
     #[error("--distribution needs --jitter")]
     DistributionNeedsJitter,
     #[error("--keep-order needs --jitter (without jitter a flow keeps its order anyway)")]
@@ -100,6 +104,15 @@ pub struct Faults {
     /// Turn the next TCP segment of a direction past this point into a
     /// reset (Toxiproxy's `limit_data`).
     pub reset_after: Option<FlowLimit>,
+    /// The share of connections the rate applies to (per connection only).
+    pub rate_share: Option<Percent>,
+    /// The share of connections the flow limits apply to (per connection
+    /// only).
+    pub limit_share: Option<Percent>,
+    /// "Slow close": segments carrying FIN leave this much later.
+    pub fin_delay: Option<Duration>,
+    /// The share of FINs (or connections) held back.
+    pub fin_delay_share: Option<Percent>,
 }
 
 /// `--tcp-flags`: the TCP segments a rule judges, those with at least one
@@ -205,9 +218,10 @@ impl Faults {
     pub(crate) fn any(&self) -> bool {
         [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate].into_iter().any(on)
             || self.loss_model.is_some()
-            || self.rate.is_some()
-            || self.unplug_after.is_some()
-            || self.reset_after.is_some()
+            || (self.rate.is_some() && self.rate_share.is_none_or(|s| s.value() > 0.0))
+            || ((self.unplug_after.is_some() || self.reset_after.is_some())
+                && self.limit_share.is_none_or(|s| s.value() > 0.0))
+            || self.fin_delay.is_some_and(|d| !d.is_zero() && self.fin_delay_share.is_none_or(|s| s.value() > 0.0))
             || self.delay.is_some_and(|d| !(d.mean + d.jitter).is_zero() && d.share.is_none_or(|s| s.value() > 0.0))
     }
 
@@ -225,6 +239,10 @@ impl Faults {
             corrupt_payload: t(self.corrupt_payload),
             duplicate: t(self.duplicate),
             rate_bytes: self.rate.map_or(0, |r| r.0),
+            rate_prob: self.rate_share.map_or(PROB_ALWAYS, Percent::threshold),
+            limit_prob: self.limit_share.map_or(PROB_ALWAYS, Percent::threshold),
+            fin_delay_ns: self.fin_delay.map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
+            fin_delay_prob: self.fin_delay_share.map_or(PROB_ALWAYS, Percent::threshold),
             ..Rule::default()
         };
         (rule.unplug_kind, rule.unplug_after) = limit_fields(self.unplug_after);
@@ -304,6 +322,15 @@ impl RuleSpec {
                 per_connection: r.per_connection,
                 unplug_after: r.unplug_after,
                 reset_after: r.reset_after,
+                rate_share: shares_of(r.rate.is_some(), r.rate_pct, "--rate-pct", "--rate")?,
+                limit_share: shares_of(
+                    r.unplug_after.is_some() || r.reset_after.is_some(),
+                    r.limit_pct,
+                    "--limit-pct",
+                    "--unplug-after or --reset-after",
+                )?,
+                fin_delay: r.fin_delay,
+                fin_delay_share: shares_of(r.fin_delay.is_some(), r.fin_delay_pct, "--fin-delay-pct", "--fin-delay")?,
             },
             seed: r.seed,
         };
@@ -338,11 +365,31 @@ impl RuleSpec {
             if self.tcp_flags.is_some() {
                 return Err(UsageError::NeedsTcp("--tcp-flags"));
             }
+            if self.faults.fin_delay.is_some() {
+                return Err(UsageError::NeedsTcp("--fin-delay"));
+            }
         }
         let f = &self.faults;
-        let shares = [f.drop, f.reset, f.corrupt, f.corrupt_payload, f.duplicate, f.delay.and_then(|d| d.share)];
+        let shares = [
+            f.drop,
+            f.reset,
+            f.corrupt,
+            f.corrupt_payload,
+            f.duplicate,
+            f.delay.and_then(|d| d.share),
+            f.rate_share,
+            f.limit_share,
+            f.fin_delay_share,
+        ];
         if f.per_connection && !shares.into_iter().any(on) {
             return Err(UsageError::PerConnectionNeedsShare);
+        }
+        // A share of connections, drawn per packet, would pace or limit a
+        // random part of each connection: no fault anyone meets.
+        for (given, flag) in [(f.rate_share.is_some(), "--rate-pct"), (f.limit_share.is_some(), "--limit-pct")] {
+            if given && !f.per_connection {
+                return Err(UsageError::SharePerConnection(flag));
+            }
         }
         if self.endpoint.is_some() && self.faults.schedules() && self.direction == Direction::From {
             return Err(UsageError::ScheduleOnlyInbound);
@@ -458,6 +505,19 @@ pub fn endpoint_label(a: &AttachArgs) -> Option<String> {
     }
 }
 
+/// A share flag (`--rate-pct`...), refused without the fault it refines.
+fn shares_of(
+    fault: bool,
+    share: Option<Percent>,
+    flag: &'static str,
+    needs: &'static str,
+) -> Result<Option<Percent>, UsageError> {
+    match share {
+        Some(_) if !fault => Err(UsageError::ShareNeedsFault(flag, needs)),
+        share => Ok(share),
+    }
+}
+
 /// The delay flags, checked for sense: jitter and the rest refine a delay.
 fn delay_of(a: &RuleArgs) -> Result<Option<Delay>, UsageError> {
     let Some(mean) = a.delay else {
@@ -555,12 +615,24 @@ impl fmt::Display for RuleSpec {
         }
         if let Some(rate) = self.faults.rate {
             write!(f, " rate {rate}")?;
+            if let Some(share) = self.faults.rate_share {
+                write!(f, " on {share}")?;
+            }
+        }
+        if let Some(d) = self.faults.fin_delay {
+            write!(f, " fin delay {d:?}")?;
+            if let Some(share) = self.faults.fin_delay_share {
+                write!(f, " on {share}")?;
+            }
         }
         if let Some(limit) = self.faults.unplug_after {
             write!(f, " unplug after {limit}")?;
         }
         if let Some(limit) = self.faults.reset_after {
             write!(f, " reset after {limit}")?;
+        }
+        if let Some(share) = self.faults.limit_share {
+            write!(f, " limits on {share}")?;
         }
         if self.faults.per_connection {
             f.write_str(" per connection")?;
@@ -610,8 +682,11 @@ impl Plan {
         if scheduled.is_empty() {
             return None;
         }
-        let longest =
-            scheduled.iter().filter_map(|f| f.delay).map(|d| (d.mean + d.jitter * 4).as_secs_f64()).fold(0.0, f64::max);
+        let longest = scheduled
+            .iter()
+            .map(|f| f.delay.map_or(Duration::ZERO, |d| d.mean + d.jitter * 4) + f.fin_delay.unwrap_or_default())
+            .map(|d| d.as_secs_f64())
+            .fold(0.0, f64::max);
         let fastest = scheduled.iter().map(|f| f.rate.map_or(LINE_RATE, |r| r.0 as f64)).fold(0.0, f64::max);
         let limit = (2.0 * longest * fastest / PACKET).ceil().clamp(10_000.0, 1_000_000.0) as u32;
         let horizon_us = (2.0 * longest * 1e6).clamp(10e6, f64::from(u32::MAX)) as u32;
@@ -755,6 +830,40 @@ mod tests {
         assert_eq!(spec("--port 80 --tcp-flags syn"), Err(UsageError::NoFault));
         assert_eq!(spec("--port 80 --per-connection --rate 1mbit"), Err(UsageError::PerConnectionNeedsShare));
         assert!(spec("--port 80 --per-connection --delay 10ms --delay-pct 50").is_ok());
+    }
+
+    #[test]
+    fn shares_of_connections_and_fin_delay() {
+        assert_eq!(spec("--port 80 --rate 1mbit --rate-pct 50"), Err(UsageError::SharePerConnection("--rate-pct")));
+        assert_eq!(spec("--port 80 --drop 1 --rate-pct 50"), Err(UsageError::ShareNeedsFault("--rate-pct", "--rate")));
+        assert_eq!(
+            spec("--port 80 --drop 1 --limit-pct 50"),
+            Err(UsageError::ShareNeedsFault("--limit-pct", "--unplug-after or --reset-after"))
+        );
+        assert_eq!(
+            spec("--port 80 --reset-after 1kb --limit-pct 50"),
+            Err(UsageError::SharePerConnection("--limit-pct"))
+        );
+        assert_eq!(spec("--port 80 --proto udp --fin-delay 1s"), Err(UsageError::NeedsTcp("--fin-delay")));
+        assert_eq!(
+            spec("--port 80 --fin-delay-pct 5"),
+            Err(UsageError::ShareNeedsFault("--fin-delay-pct", "--fin-delay"))
+        );
+        // A share of 0 is no fault at all.
+        assert_eq!(spec("--port 80 --per-connection --rate 1mbit --rate-pct 0"), Err(UsageError::NoFault));
+
+        let r = spec("--port 80 --per-connection --rate 1mbit --rate-pct 50 --reset-after 1kb --limit-pct 25")
+            .unwrap()
+            .rule();
+        let t = |p: &str| parse_percent(p).unwrap().threshold();
+        assert_eq!((r.rate_prob, r.limit_prob), (t("50"), t("25")));
+        assert_ne!(r.flags & RULE_PER_CONNECTION, 0);
+
+        let r = spec("--port 80 --fin-delay 250ms").unwrap().rule();
+        assert_eq!((r.fin_delay_ns, r.fin_delay_prob, r.rate_prob), (250_000_000, PROB_ALWAYS, PROB_ALWAYS));
+        assert!(r.schedules(), "holding FINs back needs fq");
+        let plan = Plan { rules: vec![spec("--port 80 --fin-delay 30s").unwrap()] };
+        assert_eq!(plan.fq_params().unwrap().horizon_us, 60_000_000, "the horizon covers the FIN delay");
         assert_eq!(parse_tcp_flags("syn,bogus").map_err(|_| ()), Err(()));
         assert_eq!(parse_tcp_flags("SYN, ACK"), Ok(TcpFlags { any: TCP_SYN | TCP_ACK, clear: 0 }));
     }

@@ -12,9 +12,10 @@
 //! after N payload bytes in the toxic's direction (`--reset-after`),
 //! `timeout` > 0 blackholes the connection and resets each end at its first
 //! packet after the timeout (`--unplug-after 0b --reset-after T`), and
-//! `reset_peer` with a timeout resets after T (`--reset-after T`).
-//! `slow_close` (holding back FINs) is refused with a 400: it would need a
-//! rule of its own matching FIN segments.
+//! `reset_peer` with a timeout resets after T (`--reset-after T`), and
+//! `slow_close` holds back the stream's FIN by its delay (`--fin-delay`).
+//! A toxicity below 1 on those applies them to that share of connections
+//! (`--limit-pct`, `--rate-pct`, `--fin-delay-pct`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -199,51 +200,50 @@ impl Toxic {
             "bandwidth" => {
                 // KB/s, as Toxiproxy counts (1 KB = 1000 bytes); 0 = no limit.
                 let rate = self.attr("rate")?;
-                if sampled {
-                    return Err(self.whole_stream("bandwidth paces all the stream's connections together"));
-                }
                 if rate == 0 {
                     return Ok(());
                 }
                 let bytes = rate.checked_mul(1000).ok_or_else(|| ApiError::bad("bandwidth rate is too large"))?;
                 f.rate = Some(Rate(f.rate.map_or(bytes, |r| r.0.min(bytes))));
+                if sampled {
+                    self.set_share(&mut f.rate_share, share, "bandwidth")?;
+                }
             }
             "timeout" => match self.attr("timeout")? {
                 0 => f.drop = Some(share),
                 ms => {
-                    if sampled {
-                        return Err(self.whole_stream("timeout > 0 is a limit on each connection's life"));
-                    }
                     // Nothing of the connection passes after its handshake
                     // (which carries no payload), and each end is reset at
                     // its first packet after the timeout.
                     f.unplug_after = Some(FlowLimit::Bytes(0));
-                    self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)))?;
+                    self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)), share)?;
                 }
             },
             "reset_peer" => match self.attr("timeout")? {
                 0 => f.reset = Some(share),
-                ms => {
-                    if sampled {
-                        return Err(self.whole_stream("reset_peer with a timeout is a limit on each connection's life"));
-                    }
-                    self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)))?;
-                }
+                ms => self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)), share)?,
             },
             "limit_data" => {
                 let bytes = self.attr("bytes")?;
-                if sampled {
-                    return Err(self.whole_stream("limit_data is a limit on each connection"));
-                }
-                self.set_reset_after(f, FlowLimit::Bytes(bytes))?;
+                self.set_reset_after(f, FlowLimit::Bytes(bytes), share)?;
             }
             "slow_close" => {
-                self.attr("delay")?;
-                return Err(ApiError::bad(format!(
-                    "toxic {} (slow_close): holding back a connection's FIN is not supported yet (it needs a rule \
-                     of its own matching FIN segments, --tcp-flags fin with --delay); use latency instead",
-                    self.name
-                )));
+                // The end of what the stream's sender sends (its FIN)
+                // arrives `delay` late: the peer sees the close late.
+                let ms = self.attr("delay")?;
+                if ms == 0 {
+                    return Ok(());
+                }
+                if f.fin_delay.is_some() {
+                    return Err(ApiError::conflict(format!(
+                        "toxic {}: this stream already has a slow_close toxic; remove it first",
+                        self.name
+                    )));
+                }
+                f.fin_delay = Some(Duration::from_millis(ms));
+                if sampled {
+                    f.fin_delay_share = Some(share);
+                }
             }
             "slicer" => {
                 return Err(ApiError::bad(
@@ -267,8 +267,9 @@ impl Toxic {
         Toxic { toxicity: 1.0, ..self.clone() }.apply(&mut f)
     }
 
-    /// Sets the stream's one connection limit that ends in a reset.
-    fn set_reset_after(&self, f: &mut Faults, limit: FlowLimit) -> Result<(), ApiError> {
+    /// Sets the stream's one connection limit that ends in a reset, on
+    /// `share` of the connections.
+    fn set_reset_after(&self, f: &mut Faults, limit: FlowLimit, share: Percent) -> Result<(), ApiError> {
         if f.reset_after.is_some() {
             return Err(ApiError::conflict(format!(
                 "toxic {}: this stream already has a toxic that resets connections at a limit \
@@ -277,11 +278,27 @@ impl Toxic {
             )));
         }
         f.reset_after = Some(limit);
+        if self.toxicity < 1.0 {
+            self.set_share(&mut f.limit_share, share, "connection limits")?;
+        }
         Ok(())
     }
 
-    fn whole_stream(&self, why: &str) -> ApiError {
-        ApiError::bad(format!("toxic {} ({}): a toxicity below 1 is not supported here: {why}", self.name, self.kind))
+    /// Sets the share of connections a fault shared by the stream's toxics
+    /// applies to: one rule per stream has one share for its rate and one
+    /// for its connection limits, so two toxics must agree on it.
+    fn set_share(&self, slot: &mut Option<Percent>, share: Percent, what: &str) -> Result<(), ApiError> {
+        match slot {
+            Some(other) if *other != share => Err(ApiError::conflict(format!(
+                "toxic {}: another toxic of this stream applies its {what} to {other} of the connections, \
+                 this one to {share}; give them the same toxicity",
+                self.name
+            ))),
+            _ => {
+                *slot = Some(share);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -332,6 +349,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use pygocentrus_common::PROB_ALWAYS;
 
     fn toxic(v: Value) -> Result<Toxic, ApiError> {
         Toxic::new(serde_json::from_value(v).unwrap())
@@ -406,13 +424,42 @@ mod tests {
     }
 
     #[test]
+    fn every_toxic_takes_a_toxicity_and_slow_close_holds_back_fins() {
+        let p = proxy(vec![
+            toxic(json!({"type": "bandwidth", "toxicity": 0.5, "attributes": {"rate": 100}})).unwrap(),
+            toxic(json!({"type": "limit_data", "toxicity": 0.3, "attributes": {"bytes": 1000}})).unwrap(),
+            toxic(json!({"type": "slow_close", "toxicity": 0.2, "attributes": {"delay": 250}})).unwrap(),
+        ]);
+        let rules = p.rules(None).unwrap();
+        let f = &rules[0].faults;
+        assert!(f.per_connection);
+        assert_eq!((f.rate.unwrap().0, f.rate_share.unwrap().value()), (100_000, 50.0));
+        assert_eq!((f.reset_after, f.limit_share.unwrap().value()), (Some(FlowLimit::Bytes(1000)), 30.0));
+        assert_eq!((f.fin_delay, f.fin_delay_share.unwrap().value()), (Some(Duration::from_millis(250)), 20.0));
+        let rule = rules[0].rule();
+        assert_eq!(rule.fin_delay_ns, 250_000_000);
+        assert!(rule.schedules(), "slow_close needs fq");
+
+        // Toxicity 1: every connection, no sampling.
+        let p = proxy(vec![toxic(json!({"type": "slow_close", "attributes": {"delay": 100}})).unwrap()]);
+        let f = &p.rules(None).unwrap()[0].faults;
+        assert_eq!((f.per_connection, f.fin_delay_share), (false, None));
+        assert_eq!(p.rules(None).unwrap()[0].rule().fin_delay_prob, PROB_ALWAYS);
+
+        // One rate per stream: two bandwidth toxics must agree on the share.
+        let p = proxy(vec![
+            toxic(json!({"type": "bandwidth", "name": "a", "toxicity": 0.5, "attributes": {"rate": 100}})).unwrap(),
+            toxic(json!({"type": "bandwidth", "name": "b", "toxicity": 0.6, "attributes": {"rate": 50}})).unwrap(),
+        ]);
+        assert_eq!(p.rules(None).unwrap_err().status, 409);
+    }
+
+    #[test]
     fn refusals_say_why() {
         for (body, needle) in [
             (json!({"type": "slicer"}), "does not apply at the packet level"),
             (json!({"type": "nosuch"}), "unknown toxic type 'nosuch'"),
-            (json!({"type": "slow_close", "attributes": {"delay": 100}}), "not supported yet"),
-            (json!({"type": "bandwidth", "toxicity": 0.5, "attributes": {"rate": 1}}), "toxicity below 1"),
-            (json!({"type": "limit_data", "toxicity": 0.5, "attributes": {"bytes": 1}}), "toxicity below 1"),
+            (json!({"type": "slow_close", "attributes": {"delay": -5}}), "whole number"),
             (json!({"type": "latency", "toxicity": 0, "attributes": {"latency": -1}}), "whole number"),
             (json!({"type": "latency", "toxicity": 1.5}), "between 0 and 1"),
             (json!({"type": "latency", "attributes": {"latency": -1}}), "whole number"),

@@ -15,10 +15,15 @@
 //! the wrong unit. How close the delay comes to what was asked is measured,
 //! beside netem, in the benchmark (BENCHMARKS.md).
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{Read as _, Write as _},
+    net::Shutdown,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
-use pygocentrus_tests::{Lab, UdpFlow, args, output_within, require_fq, seq_of};
+use pygocentrus_tests::{Lab, UdpFlow, args, output_within, require_fq, seq_of, tcp_connect, tcp_listener};
 use serde_json::Value;
 
 use crate::{PORT, rule};
@@ -324,4 +329,51 @@ fn without_fq_delay_and_rate_are_refused_in_one_line_and_nothing_is_attached() {
         assert!(out.stderr[0].contains("modprobe sch_fq"), "{out}");
         lab.assert_clean("after the refusal", Duration::ZERO);
     }
+}
+
+/// `--fin-delay` (Toxiproxy's slow_close): the segment carrying the
+/// server's FIN leaves [`HOLD`] late, so the client sees the end of the
+/// stream late; data before it, and the client's own FIN (not in the
+/// rule's direction), are not held.
+#[test]
+fn fin_delay_holds_back_the_close_in_the_rules_direction_only() {
+    const HOLD: Duration = Duration::from_millis(400);
+    let (lab, client, server) = Lab::pair("findelay");
+    require_fq!(lab);
+    let listener = tcp_listener(&server, false, PORT);
+    let tool = lab.attach(&rule("tcp", None, args!["--direction", "from", "--fin-delay", "400ms", "--json"]));
+    let mut conn = tcp_connect(&client, server.addr(false, PORT), Duration::from_secs(5)).expect("connecting");
+    let (mut accepted, _) = listener.accept().expect("accepting");
+    for end in [&conn, &accepted] {
+        end.set_read_timeout(Some(Duration::from_secs(10))).expect("setting a timeout");
+    }
+    let mut buf = [0u8; 16];
+
+    // The client's FIN (to the server) is not held: the server's read
+    // ends well within HOLD (a round trip here is about a millisecond,
+    // under TCG a few).
+    conn.write_all(b"hello").expect("the client writing");
+    conn.shutdown(Shutdown::Write).expect("the client closing");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got).expect("the server reading to the end");
+    let client_close = start.elapsed();
+    assert_eq!(got, b"hello");
+
+    // The server's data is not held either; it is read before the server
+    // closes, so that the FIN travels alone.
+    accepted.write_all(b"bye").expect("the server writing");
+    let n = conn.read(&mut buf).expect("the client reading the data");
+    assert_eq!(&buf[..n], b"bye");
+    let start = Instant::now();
+    accepted.shutdown(Shutdown::Write).expect("the server closing");
+    assert_eq!(conn.read(&mut buf).expect("the client reading the end"), 0, "more data instead of the end");
+    let server_close = start.elapsed();
+    let out = tool.terminate();
+
+    // EDT never lets the FIN leave early: the lower bound is exact.
+    assert!(server_close >= HOLD, "the server's close reached the client after {server_close:?}, under {HOLD:?}");
+    assert!(server_close < HOLD * 10, "the server's close took {server_close:?}");
+    assert!(client_close < HOLD, "the client's close, in the other direction, took {client_close:?}");
+    assert!(out.counter("delayed") >= 1, "{out}");
 }

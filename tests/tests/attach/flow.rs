@@ -287,6 +287,43 @@ fn reset_after_bytes(tag: &str, v6: bool) {
     assert_eq!(out.counter("reset"), 1, "{out}");
 }
 
+/// Toxiproxy's `limit_data` with a toxicity: the limit applies to a share
+/// of connections, all or nothing each.
+#[test]
+fn limit_pct_50_resets_about_half_the_connections_at_the_limit() {
+    const N: usize = 40;
+    const LIMIT: usize = 2_000;
+    let (lab, client, server) = Lab::pair("limitpct");
+    let listener = tcp_listener(&server, false, PORT);
+    let to = server.addr(false, PORT);
+    let tool =
+        lab.attach(&rule("tcp", None, args!["--reset-after", "2kb", "--per-connection", "--limit-pct", 50, "--json"]));
+    let mut reset = 0;
+    for i in 0..N {
+        let (mut conn, accepted) = connected(&client, &listener, to);
+        let (received, ended) = thread::scope(|s| {
+            let server = s.spawn(|| count_until_stall(accepted));
+            // Five times the limit, then the end of the stream.
+            let _ = send_paced(&mut conn, 5 * LIMIT).and_then(|()| conn.shutdown(std::net::Shutdown::Write));
+            server.join().expect("the server thread panicked")
+        });
+        match ended {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                assert!(received <= LIMIT, "connection {i}: {received} bytes passed a 2kb limit before its reset");
+                reset += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                assert_eq!(received, 5 * LIMIT, "connection {i} ended early without a reset");
+            }
+            other => panic!("connection {i} neither ended nor was reset: {other:?} after {received} bytes"),
+        }
+    }
+    let out = tool.terminate();
+    // Each connection is a fair coin (see per_connection_drop_50...).
+    assert_binomial(reset, N, 0.5, "connections reset under --reset-after 2kb --limit-pct 50");
+    assert_eq!(out.counter("reset"), reset as u64, "one reset per chosen connection: {out}");
+}
+
 #[test]
 fn reset_after_50kb_resets_a_connection_at_the_limit() {
     reset_after_bytes("rstafter4", false);
