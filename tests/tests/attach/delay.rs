@@ -377,3 +377,19 @@ fn fin_delay_holds_back_the_close_in_the_rules_direction_only() {
     assert!(client_close < HOLD, "the client's close, in the other direction, took {client_close:?}");
     assert!(out.counter("delayed") >= 1, "{out}");
 }
+
+/// Vaurien's `delay` behavior: a delay of 1 s unless `--delay` says
+/// otherwise (here on the way to the target only: one delayed leg).
+#[test]
+fn behavior_delay_holds_each_packet_a_second_by_default() {
+    let (lab, client, server) = Lab::pair("bdelay");
+    require_fq!(lab);
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let tool = lab.attach(&rule("udp", None, args!["--direction", "to", "--behavior", "delay", "--json"]));
+    let rtts = flow.ping(3);
+    let out = tool.terminate();
+    let fastest = rtts.iter().min().copied().unwrap_or_default();
+    assert!(fastest >= Duration::from_secs(1), "a round trip took {:.2} ms under the delay behavior", ms(fastest));
+    assert!(median(&rtts) <= Duration::from_secs(1) + LATE, "median {:.2} ms", ms(median(&rtts)));
+    assert_eq!(out.counter("delayed"), 3, "{out}");
+}

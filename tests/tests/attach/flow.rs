@@ -393,3 +393,72 @@ fn unplug_after_0b_with_reset_after_1s_blackholes_then_resets_both_ends() {
     assert!(out.counter("unplugged") >= 1, "{out}");
     assert_eq!(out.counter("reset"), 1, "{out}");
 }
+
+/// `syn-only` is a connection attempt (SYN without ACK), where `syn` also
+/// takes the SYN-ACK that answers it: on the server's side (`--direction
+/// from`) `syn-only` matches nothing and `syn` stops every connect; on the
+/// client's side (`--direction to`) `syn-only` stops every connect.
+#[test]
+fn tcp_flags_syn_only_takes_connection_attempts_and_not_their_answers() {
+    let (lab, client, server) = Lab::pair("synonly");
+    let listener = tcp_listener(&server, false, PORT);
+    listener.set_nonblocking(true).expect("a non-blocking listener");
+    let to = server.addr(false, PORT);
+    let connect_under = |flags: &str, direction: &str| {
+        let tool = lab.attach(&rule(
+            "tcp",
+            None,
+            args!["--direction", direction, "--tcp-flags", flags, "--drop", 100, "--json"],
+        ));
+        let got = tcp_connect(&client, to, CONNECT_GIVE_UP);
+        let out = tool.terminate();
+        while listener.accept().is_ok() {}
+        (got, out.counter("dropped"))
+    };
+
+    let (answered, dropped) = connect_under("syn-only", "from");
+    answered.expect("syn-only from the server took its SYN-ACK");
+    assert_eq!(dropped, 0);
+
+    let (attempt, dropped) = connect_under("syn-only", "to");
+    let error = attempt.expect_err("a connection came up with its SYNs dropped");
+    assert!(timed_out(&error), "the connect failed otherwise than by a timeout: {error}");
+    assert_eq!(dropped, 1, "the one SYN sent before the connect gave up");
+
+    let (answer, dropped) = connect_under("syn", "from");
+    let error = answer.expect_err("a connection came up with its SYN-ACKs dropped");
+    assert!(timed_out(&error), "the connect failed otherwise than by a timeout: {error}");
+    assert!(dropped >= 1, "no SYN-ACK was dropped");
+}
+
+/// Vaurien's `error` behavior is a reset of every matched segment: an open
+/// connection fails with ECONNRESET at its next exchange, a new one with
+/// ECONNREFUSED (its SYN-ACK becomes the reset). `dummy` matches and counts
+/// and does nothing.
+#[test]
+fn behaviors_error_resets_and_dummy_only_counts() {
+    let (lab, client, server) = Lab::pair("behavior");
+    let listener = tcp_listener(&server, false, PORT);
+    let to = server.addr(false, PORT);
+    let (mut open, mut echo) = connected(&client, &listener, to);
+    for end in [&open, &echo] {
+        end.set_read_timeout(Some(ANSWER)).expect("setting a timeout");
+    }
+
+    let tool = lab.attach(&rule("tcp", None, args!["--behavior", "dummy", "--json"]));
+    let kept: io::Result<()> = (0..10u8).try_for_each(|i| round_trip(&mut open, &mut echo, &[i; 100]));
+    let out = tool.terminate();
+    kept.expect("a round trip failed under the dummy behavior");
+    assert!(out.counter("matched") >= 20, "dummy did not count the exchange: {out}");
+    assert_eq!(out.counter("matched"), out.counter("passed"), "dummy touched packets: {out}");
+
+    let tool = lab.attach(&rule("tcp", None, args!["--behavior", "error", "--json"]));
+    let broken = round_trip(&mut open, &mut echo, b"hello");
+    let refused = tcp_connect(&client, to, ANSWER);
+    let out = tool.terminate();
+    let error = broken.expect_err("the open connection survived the error behavior");
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset, "the open connection failed otherwise: {error}");
+    let error = refused.expect_err("a new connection came up under the error behavior");
+    assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "the connect failed otherwise: {error}");
+    assert!(out.counter("reset") >= 2, "{out}");
+}
