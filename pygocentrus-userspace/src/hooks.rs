@@ -12,6 +12,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{Context as _, Result};
@@ -87,8 +88,17 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn new(method: Method, fq: Option<FqParams>) -> Self {
-        let state = state_path(std::process::id());
+        // One process may hold several sets of hooks at once (the sessions
+        // of a test process): each has a state file of its own.
+        static SETS: AtomicU32 = AtomicU32::new(0);
+        let state = state_path(std::process::id(), SETS.fetch_add(1, Ordering::Relaxed));
         Self { method, fq, ports: BTreeMap::new(), state }
+    }
+
+    /// The state file: what the guard of these hooks reads if this process
+    /// dies without detaching them.
+    pub fn state_file(&self) -> &Path {
+        &self.state
     }
 
     /// Whether every port gets `fq`.
@@ -293,11 +303,13 @@ async fn remove_fq(nl: &Netlink, index: u32, name: &str) {
     }
 }
 
-/// The network namespace this process runs in, as `device:inode` of
-/// `/proc/self/ns/net`: stable for as long as the namespace exists.
+/// The network namespace the calling thread runs in, as `device:inode` of
+/// `/proc/thread-self/ns/net`: stable for as long as the namespace exists.
+/// (A thread of a test process may have joined another namespace than the
+/// process's main thread, which `/proc/self` shows.)
 fn netns_id() -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = fs::metadata("/proc/self/ns/net")?;
+    let meta = fs::metadata("/proc/thread-self/ns/net")?;
     Ok(format!("{}:{}", meta.dev(), meta.ino()))
 }
 
@@ -324,10 +336,12 @@ pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
     let Ok(dir) = fs::read_dir(STATE_DIR) else { return Ok(cleaned) };
     for entry in dir.flatten() {
         let path = entry.path();
+        // `PID-N.state` (`PID.state` before there could be several).
         let Some(pid) = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_suffix(".state"))
+            .and_then(|n| n.split('-').next())
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
@@ -340,18 +354,18 @@ pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
     Ok(cleaned)
 }
 
-/// Removes what run `pid` left, if it left a state file: what its guard
+/// Removes what a run left, if it left state file `path`: what its guard
 /// process does as soon as that run has ended (see `guard.rs`).
-pub async fn clean_after(nl: &Netlink, pid: u32) -> Result<Vec<String>> {
-    let path = state_path(pid);
+pub async fn clean_after(nl: &Netlink, path: &Path) -> Result<Vec<String>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    clean_state_file(nl, &path).await
+    clean_state_file(nl, path).await
 }
 
-fn state_path(pid: u32) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{pid}.state"))
+/// The state file of set `n` of the hooks of process `pid`.
+fn state_path(pid: u32, n: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{pid}-{n}.state"))
 }
 
 /// Undoes what one state file records, then deletes the file. A state file
