@@ -20,14 +20,14 @@ use crate::{
     docker::DockerEvent,
     endpoint::{Endpoint, State},
     engine::Engine,
-    guard::Guard,
+    guard::{Guard, GuardProgram},
     hooks::{self, Hooks, Method},
     netlink::{FqParams, Link, LinkEvent, Netlink, link_events},
     plan::{Plan, RuleSpec, UsageError, endpoint_label},
     privileges,
     schedule::Schedule,
     signals::Signals,
-    stats::Snapshot,
+    stats::Reading,
 };
 
 pub async fn run(args: AttachArgs) -> Result<()> {
@@ -36,14 +36,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     privileges::check()?;
     let mut signals = Signals::install()?;
 
-    let nl = Netlink::open()?;
-    // Subscribe before listing ports or veths (and note the time Docker's
-    // events are replayed from), so that a change in between is not missed.
-    let mut events = link_events()?;
-    let (target, mut docker_events) = resolve_target(&args, &nl).await?;
     let (plan, phase) = schedule.plan_at(Duration::ZERO);
-    let method = Method::resolve(args.hook)?;
-    let mut attachment = Attachment::start_with_fq(plan, nl, target, method, schedule.fq_params()).await?;
+    let (mut attachment, mut events) =
+        Attachment::open(&args, plan, Fq::Exactly(schedule.fq_params()), &GuardProgram::ThisBinary).await?;
     eprintln!("attached to {attachment}");
 
     let result = async {
@@ -74,13 +69,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     next_change = schedule.next_change(t);
                 }
                 event = events.next() => {
-                    let Some(event) = event else { anyhow::bail!("the netlink event stream ended") };
-                    if attachment.on_link_event(event).await?.is_break() {
-                        break;
-                    }
-                }
-                Some(event) = next_event(&mut docker_events) => {
-                    if attachment.on_docker_event(event).await?.is_break() {
+                    if attachment.on_event(event?).await?.is_break() {
                         break;
                     }
                 }
@@ -174,10 +163,46 @@ pub fn plan_of(args: &AttachArgs) -> Result<Plan, UsageError> {
 }
 
 /// The next item of an optional stream; never, without one.
-pub async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
+async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Where an [`Attachment`] puts the `fq` qdisc that delays and rates need.
+#[derive(Clone, Copy, Debug)]
+pub enum Fq {
+    /// On every hooked port with these parameters, or nowhere: `attach`,
+    /// whose rules are known from the start.
+    Exactly(Option<FqParams>),
+    /// On every hooked port where the kernel has `fq` (with a warning where
+    /// it has not: delays and rates are then refused when asked for):
+    /// `serve` and sessions, whose rules change later.
+    WhereAvailable(FqParams),
+}
+
+/// What an attachment follows: link changes in its network namespace and,
+/// for a container, Docker's events.
+pub struct Events {
+    links: UnboundedReceiver<LinkEvent>,
+    docker: Option<UnboundedReceiver<DockerEvent>>,
+}
+
+/// One of [`Events`], for [`Attachment::on_event`].
+pub enum Event {
+    Link(LinkEvent),
+    Docker(DockerEvent),
+}
+
+impl Events {
+    /// The next event. Cancel-safe: nothing is lost if another branch of a
+    /// `select!` wins.
+    pub async fn next(&mut self) -> Result<Event> {
+        tokio::select! {
+            event = self.links.next() => event.map(Event::Link).context("the netlink event stream ended"),
+            Some(event) = next_event(&mut self.docker) => Ok(Event::Docker(event)),
+        }
     }
 }
 
@@ -224,11 +249,44 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// Loads the classifier with `plan` and hooks it onto `target`. On
-    /// failure, whatever was hooked is taken off again.
-    pub async fn start(plan: Plan, nl: Netlink, target: Target, method: Method) -> Result<Self> {
+    /// Resolves the scope of `args` (`--iface`, `--container`, `--netns`,
+    /// `--hook`) and puts `plan` to work there, with `fq` as asked and a
+    /// guard run by `guard`: how `attach`, `serve` and sessions start.
+    /// Returns the events to hand to [`Attachment::on_event`] so that it
+    /// follows its target.
+    pub async fn open(args: &AttachArgs, plan: Plan, fq: Fq, guard: &GuardProgram) -> Result<(Self, Events)> {
+        let method = Method::resolve(args.hook)?;
+        let (fq, fallback) = match fq {
+            Fq::Exactly(fq) => (fq, false),
+            Fq::WhereAvailable(fq) => (Some(fq), true),
+        };
+        // Subscribe before listing ports or veths (and note the time
+        // Docker's events are replayed from), so that a change in between
+        // is not missed.
+        let links = link_events()?;
+        let nl = Netlink::open()?;
+        let (target, docker) = resolve_target(args, &nl).await?;
+        match Self::start_with_fq(plan.clone(), nl, target, method, fq, guard).await {
+            Ok(this) => Ok((this, Events { links, docker })),
+            Err(e) if fallback && is_missing_fq(&e) => {
+                eprintln!(
+                    "pygocentrus: warning: this kernel has no fq qdisc (sch_fq): delays and rates will be refused"
+                );
+                let nl = Netlink::open()?;
+                let (target, docker) = resolve_target(args, &nl).await?;
+                let this = Self::start_with_fq(plan, nl, target, method, None, guard).await?;
+                Ok((this, Events { links, docker }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads the classifier with `plan` and hooks it onto `target`, with
+    /// the `fq` the plan needs. On failure, whatever was hooked is taken
+    /// off again.
+    pub async fn start(plan: Plan, nl: Netlink, target: Target, method: Method, guard: &GuardProgram) -> Result<Self> {
         let fq = plan.fq_params();
-        Self::start_with_fq(plan, nl, target, method, fq).await
+        Self::start_with_fq(plan, nl, target, method, fq, guard).await
     }
 
     /// [`Attachment::start`], with `fq` on every port whatever the plan:
@@ -239,6 +297,7 @@ impl Attachment {
         target: Target,
         method: Method,
         fq: Option<FqParams>,
+        guard: &GuardProgram,
     ) -> Result<Self> {
         let contents = plan.map_contents()?;
         let mut engine = Engine::load().context("loading the classifier")?;
@@ -253,7 +312,7 @@ impl Attachment {
             Target::Endpoint(endpoint, links) => (Scope::Endpoint { endpoint, waiting: None }, links),
         };
         let hooks = Hooks::new(method, fq);
-        let guard = if hooks.leaves_state() { Some(Guard::spawn()?) } else { None };
+        let guard = if hooks.leaves_state() { Guard::spawn(guard, hooks.state_file())? } else { None };
         let mut this = Self { plan, engine, hooks, nl, scope, _guard: guard };
         for link in &links {
             if let Err(e) = this.hooks.attach(&mut this.engine, &this.nl, link).await {
@@ -304,15 +363,29 @@ impl Attachment {
         Ok(self.engine.counters()?)
     }
 
+    /// The counters with the rules they count.
+    pub fn reading(&self, elapsed: Duration) -> Result<Reading> {
+        Ok(Reading { elapsed, slots: self.counters()?, rules: self.plan.rules.clone() })
+    }
+
     pub fn report(&self, elapsed: Duration, json: bool, event: &str) -> Result<()> {
-        let slots = self.counters()?;
-        let snap = Snapshot { elapsed, slots: &slots, rules: &self.plan.rules };
+        let reading = self.reading(elapsed)?;
+        let snap = reading.snapshot();
         if json {
             println!("{}", snap.json(event));
         } else {
             eprintln!("{}{}", if event == "summary" { "summary: " } else { "" }, snap.text());
         }
         Ok(())
+    }
+
+    /// Follows the target (see [`Attachment::on_link_event`] and
+    /// [`Attachment::on_docker_event`]). Breaks when it is gone.
+    pub async fn on_event(&mut self, event: Event) -> Result<ControlFlow<()>> {
+        match event {
+            Event::Link(event) => self.on_link_event(event).await,
+            Event::Docker(event) => self.on_docker_event(event).await,
+        }
     }
 
     /// Follows the target: hooks ports that join the bridge and veths that
@@ -443,6 +516,11 @@ impl Attachment {
     pub async fn detach(mut self) {
         self.hooks.detach_all(&mut self.engine, &self.nl).await;
     }
+}
+
+/// Whether attaching failed for want of the `fq` qdisc in this kernel.
+fn is_missing_fq(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<UsageError>(), Some(UsageError::Qdisc(m)) if m.contains("no fq qdisc"))
 }
 
 /// Says `what` about `endpoint`, unless it was the last thing said.

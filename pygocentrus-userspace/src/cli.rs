@@ -52,8 +52,8 @@ pub enum Command {
     /// non-zero if an expected effect did not show, so it doubles as a smoke
     /// test.
     Demo(DemoArgs),
-    /// Started by `attach` itself: removes what a run that was killed
-    /// left behind (see guard.rs).
+    /// Started by `attach` (and the others) itself: removes what a run
+    /// that was killed left behind (see guard.rs).
     #[command(hide = true)]
     Guard(GuardArgs),
 }
@@ -477,6 +477,10 @@ pub struct GuardArgs {
     /// The run to watch over (its name in /run/pygocentrus: PID-RANDOM).
     #[arg(long)]
     pub run: String,
+
+    /// Its state file: what to remove if it ends without detaching.
+    #[arg(long)]
+    pub state: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ use self::{
 use crate::{
     attach::{Attachment, Target},
     cli::{AttachArgs, Cli, Command, DemoArgs, HookMode},
+    guard::GuardProgram,
     hooks::Method,
     netlink::Netlink,
     plan::{Plan, RuleSpec, UsageError},
@@ -428,7 +429,8 @@ impl Demo<'_> {
         let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
         let nl = Netlink::open()?;
         let bridge = nl.existing_link(BRIDGE).await?;
-        let attachment = Attachment::start(plan, nl, Target::Iface(bridge), Method::resolve(args.hook)?).await?;
+        let method = Method::resolve(args.hook)?;
+        let attachment = Attachment::start(plan, nl, Target::Iface(bridge), method, &GuardProgram::ThisBinary).await?;
         println!("      attached to {attachment}");
         let result = self.unless_stopped(traffic).await;
         let counters = attachment.counters();

@@ -105,6 +105,12 @@ impl Hooks {
         Self { method, fq, ports: BTreeMap::new(), state }
     }
 
+    /// The state file: what the guard of these hooks reads if this process
+    /// dies without detaching them.
+    pub fn state_file(&self) -> &Path {
+        &self.state
+    }
+
     /// Whether every port gets `fq`.
     pub fn has_fq(&self) -> bool {
         self.fq.is_some()
@@ -314,11 +320,13 @@ async fn remove_fq(nl: &Netlink, index: u32, name: &str) {
     }
 }
 
-/// The network namespace this process runs in, as `device:inode` of
-/// `/proc/self/ns/net`: stable for as long as the namespace exists.
+/// The network namespace the calling thread runs in, as `device:inode` of
+/// `/proc/thread-self/ns/net`: stable for as long as the namespace exists.
+/// (A thread of a test process may have joined another namespace than the
+/// process's main thread, which `/proc/self` shows.)
 fn netns_id() -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = fs::metadata("/proc/self/ns/net")?;
+    let meta = fs::metadata("/proc/thread-self/ns/net")?;
     Ok(format!("{}:{}", meta.dev(), meta.ino()))
 }
 
@@ -409,16 +417,15 @@ pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
         .collect();
     let mut cleaned = Vec::new();
     for run in runs.iter().filter(|r| !run_alive(r)) {
-        cleaned.extend(clean_after(nl, run).await?);
+        cleaned.extend(clean_run(nl, run).await?);
     }
     Ok(cleaned)
 }
 
-/// Removes what run `run` left, if it left state files: what its guard
-/// process does as soon as that run has ended (see `guard.rs`), and what
-/// the next start does if the guard died too. The run's lock file goes
+/// Removes what run `run` left, if it left state files: what the next
+/// start does if the run's guard died with it. The run's lock file goes
 /// once its state files are all gone.
-pub async fn clean_after(nl: &Netlink, run: &str) -> Result<Vec<String>> {
+async fn clean_run(nl: &Netlink, run: &str) -> Result<Vec<String>> {
     let mut cleaned = Vec::new();
     let mut left = false;
     for path in state_files(run) {
@@ -428,6 +435,22 @@ pub async fn clean_after(nl: &Netlink, run: &str) -> Result<Vec<String>> {
         }
     }
     if !left {
+        remove_lock_file(run);
+    }
+    Ok(cleaned)
+}
+
+/// Removes what a set of hooks left, if it left state file `path`: what
+/// its guard process does as soon as the run has ended (see `guard.rs`).
+/// The run's lock file goes with its last state file.
+pub async fn clean_after(nl: &Netlink, path: &Path) -> Result<Vec<String>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let cleaned = clean_state_file(nl, path).await?.unwrap_or_default();
+    if let Some(run) = path.file_name().and_then(|n| n.to_str()).and_then(state_run)
+        && state_files(run).is_empty()
+    {
         remove_lock_file(run);
     }
     Ok(cleaned)

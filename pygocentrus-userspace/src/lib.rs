@@ -7,6 +7,22 @@
 //! → `stats` (counters as the user sees them). `attach` runs the whole path;
 //! `endpoint` (with `docker`) finds the veths of `--container` and
 //! `--netns`; `demo` builds a lab in network namespaces and runs it there.
+//!
+//! As a library, for tests: a [`Session`] attaches as `attach` does and
+//! changes its faults live as `serve` does, and detaches when dropped.
+//!
+//! ```no_run
+//! use pygocentrus::{Faults, Proto, Session, Target};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let session = Session::attach(Target::iface("br0"), Faults::none())?;
+//! session.set_faults(Faults::rule().port(5432).proto(Proto::Tcp).reset(100.0))?;
+//! // ... every connection to port 5432 is reset ...
+//! println!("{}", session.counters()?);
+//! session.set_faults(Faults::none())?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod api;
 pub mod attach;
@@ -26,9 +42,14 @@ pub mod plan;
 pub mod privileges;
 pub mod schedule;
 pub mod serve;
+pub mod session;
 pub mod signals;
 pub mod stats;
 pub mod toxi;
 pub mod units;
 
+pub use cli::{Direction, HookMode, Proto};
 pub use plan::UsageError;
+pub use pygocentrus_common::Counters;
+pub use session::{Faults, Session, Target};
+pub use stats::Reading;

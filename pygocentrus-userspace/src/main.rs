@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             Command::Status(args) => pygocentrus::client::status(args).await,
             Command::Reset(args) => pygocentrus::client::reset(args).await,
             Command::Demo(args) => pygocentrus::demo::run(args).await,
-            Command::Guard(args) => pygocentrus::guard::run(&args.run).await,
+            Command::Guard(args) => pygocentrus::guard::run(&args.run, &args.state).await,
         }
     });
     match result {

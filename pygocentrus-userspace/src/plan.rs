@@ -83,6 +83,13 @@ pub enum UsageError {
     /// The API address or token cannot be used.
     #[error("{0}")]
     Api(String),
+    /// A rule built in Rust (`Faults`) has a value out of range, or flags
+    /// that do not parse.
+    #[error("{0}")]
+    Rule(String),
+    /// Hooks that outlive the process, and no program to run their guard.
+    #[error("{0}")]
+    Guard(String),
 }
 
 /// The faults of a rule.

@@ -3,18 +3,17 @@
 //! `api.rs`) asks, until Ctrl-C or SIGTERM. Hooks are never touched after
 //! the start: connections through the target live on.
 
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr};
 
 use anyhow::{Context as _, Result};
-use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use crate::{
     api::{self, EngineRequest, Server, State},
-    attach::{Attachment, next_event, plan_of, resolve_target},
+    attach::{Attachment, Events, Fq, plan_of},
     cli::ServeArgs,
-    hooks::Method,
-    netlink::{FqParams, Netlink, link_events},
+    guard::GuardProgram,
+    netlink::FqParams,
     plan::{UsageError, endpoint_label},
     privileges,
     signals::Signals,
@@ -23,7 +22,7 @@ use crate::{
 /// The `fq` every port gets, so that delays and rates can be set later:
 /// room for 100 000 packets (one flow may use all of it), departure times
 /// up to 60 s ahead.
-const SERVE_FQ: FqParams = FqParams { limit: 100_000, flow_limit: 100_000, horizon_us: 60_000_000 };
+pub const SERVE_FQ: FqParams = FqParams { limit: 100_000, flow_limit: 100_000, horizon_us: 60_000_000 };
 
 /// Refuses an API address anyone on the network could reach, unless every
 /// request has to carry a token.
@@ -51,26 +50,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| UsageError::Api(format!("cannot listen on {}: {e}", args.api)))?;
     let mut signals = Signals::install()?;
-    let nl = Netlink::open()?;
-    let mut events = link_events()?;
-    let (target, mut docker_events) = resolve_target(&attach_args, &nl).await?;
-    let method = Method::resolve(args.hook)?;
-
-    // fq where the kernel has it; where it has not, delays and rates are
-    // refused when asked for (and the rest works).
-    let mut attachment = match Attachment::start_with_fq(base.clone(), nl, target, method, Some(SERVE_FQ)).await {
-        Ok(a) => a,
-        Err(e) if is_missing_fq(&e) => {
-            eprintln!(
-                "pygocentrus: warning: this kernel has no fq qdisc (sch_fq): latency and bandwidth will be refused"
-            );
-            let nl = Netlink::open()?;
-            let (target, events) = resolve_target(&attach_args, &nl).await?;
-            docker_events = events;
-            Attachment::start_with_fq(base.clone(), nl, target, method, None).await?
-        }
-        Err(e) => return Err(e),
-    };
+    let (mut attachment, mut events) =
+        Attachment::open(&attach_args, base.clone(), Fq::WhereAvailable(SERVE_FQ), &GuardProgram::ThisBinary).await?;
     eprintln!("attached to {attachment}");
 
     let (tx, mut requests) = mpsc::channel(16);
@@ -80,46 +61,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let mut http = tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!("serving the API on http://{}", args.api);
 
-    let result = async {
-        loop {
-            tokio::select! {
-                _ = signals.recv() => break,
-                done = &mut http => {
-                    match done {
-                        Ok(Ok(())) => anyhow::bail!("the API server stopped"),
-                        Ok(Err(e)) => return Err(anyhow::Error::from(e).context("the API server failed")),
-                        Err(e) => return Err(anyhow::Error::from(e).context("the API server failed")),
-                    }
-                }
-                Some(request) = requests.recv() => match request {
-                    EngineRequest::Apply(plan, reply) => {
-                        let summary = plan.rules.len();
-                        let outcome = attachment.update(plan).map_err(|e| e.to_string());
-                        if outcome.is_ok() {
-                            eprintln!("pygocentrus: {summary} rules in force");
-                        }
-                        let _ = reply.send(outcome);
-                    }
-                    EngineRequest::Counters(reply) => {
-                        let _ = reply.send(attachment.counters().map_err(|e| format!("{e:#}")));
-                    }
-                },
-                event = events.next() => {
-                    let Some(event) = event else { anyhow::bail!("the netlink event stream ended") };
-                    if attachment.on_link_event(event).await?.is_break() {
-                        break;
-                    }
-                }
-                Some(event) = next_event(&mut docker_events) => {
-                    if attachment.on_docker_event(event).await?.is_break() {
-                        break;
-                    }
-                }
-            }
+    let stop = async {
+        tokio::select! {
+            _ = signals.recv() => Ok(()),
+            done = &mut http => match done {
+                Ok(Ok(())) => anyhow::bail!("the API server stopped"),
+                Ok(Err(e)) => Err(anyhow::Error::from(e).context("the API server failed")),
+                Err(e) => Err(anyhow::Error::from(e).context("the API server failed")),
+            },
         }
-        Ok(())
-    }
-    .await;
+    };
+    let result = live(&mut attachment, &mut events, &mut requests, stop).await;
 
     http.abort();
     let name = attachment.name();
@@ -131,8 +83,41 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     result.context("serve")
 }
 
-fn is_missing_fq(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<UsageError>(), Some(UsageError::Qdisc(m)) if m.contains("no fq qdisc"))
+/// Keeps `attachment` on its target and puts the plans `requests` bring to
+/// work through the maps alone, until `stop` ends (its result is
+/// returned), every sender of `requests` is gone, or the target is. What
+/// `serve` and a [`crate::Session`] run.
+pub async fn live(
+    attachment: &mut Attachment,
+    events: &mut Events,
+    requests: &mut mpsc::Receiver<EngineRequest>,
+    stop: impl Future<Output = Result<()>>,
+) -> Result<()> {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            result = &mut stop => return result,
+            request = requests.recv() => match request {
+                None => return Ok(()),
+                Some(EngineRequest::Apply(plan, reply)) => {
+                    let summary = plan.rules.len();
+                    let outcome = attachment.update(plan).map_err(|e| e.to_string());
+                    if outcome.is_ok() {
+                        eprintln!("pygocentrus: {summary} rules in force");
+                    }
+                    let _ = reply.send(outcome);
+                }
+                Some(EngineRequest::Counters(reply)) => {
+                    let _ = reply.send(attachment.counters().map_err(|e| format!("{e:#}")));
+                }
+            },
+            event = events.next() => {
+                if attachment.on_event(event?).await?.is_break() {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

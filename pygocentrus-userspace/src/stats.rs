@@ -13,6 +13,51 @@ use crate::plan::RuleSpec;
 /// formatting it once a second would cost the process real CPU.
 const TEXT_RULES: usize = 8;
 
+/// Counters read at one moment, with the rules they count: what
+/// [`crate::Session::counters`] returns. [`Reading::snapshot`] prints it as
+/// `attach` does.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    /// Since the attachment started.
+    pub elapsed: Duration,
+    /// Slot 0 (totals: `seen` is every packet the classifier judged), then
+    /// one per rule, in the order of the rules.
+    pub slots: Vec<Counters>,
+    pub rules: Vec<RuleSpec>,
+}
+
+impl Reading {
+    /// Every packet the classifier saw, whatever the rules.
+    pub fn seen(&self) -> u64 {
+        self.slots.first().map_or(0, |c| c.seen)
+    }
+
+    /// The counters of each rule, in the order of the rules.
+    pub fn rules(&self) -> &[Counters] {
+        self.slots.get(1..).unwrap_or_default()
+    }
+
+    /// The counters of all the rules added up.
+    pub fn sum(&self) -> Counters {
+        let mut sum = Counters::default();
+        for c in self.rules() {
+            sum.add(c);
+        }
+        sum
+    }
+
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot { elapsed: self.elapsed, slots: &self.slots, rules: &self.rules }
+    }
+}
+
+/// The counter line `attach` prints.
+impl std::fmt::Display for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.snapshot().text())
+    }
+}
+
 /// Counters read at one moment: slot 0 (totals), then one per rule.
 pub struct Snapshot<'a> {
     pub elapsed: Duration,

@@ -40,7 +40,8 @@ impl Captured {
     }
 }
 
-/// A running `pygocentrus`. Dropping it kills the process; it borrows its
+/// A running `pygocentrus` (or a test process holding a session, see
+/// [`Tool::spawn_test`]). Dropping it kills the process; it borrows its
 /// lab, so it always ends before the lab's namespaces are deleted.
 pub struct Tool<'lab> {
     child: Child,
@@ -144,6 +145,17 @@ impl Tool<'static> {
     pub fn attach_here(args: &[impl AsRef<str>]) -> Self {
         Self::spawn_here(args).attached(args)
     }
+
+    /// Runs test `name` of this very test executable in a process of its
+    /// own, with `env` (`--exact --ignored --nocapture`: a helper marked
+    /// `#[ignore]` runs, and prints as it goes), to see what a test process
+    /// that is killed leaves behind.
+    pub fn spawn_test(name: &str, env: &[(&str, &str)]) -> Self {
+        let exe = std::env::current_exe().expect("the path of the test executable");
+        let mut cmd = Command::new(exe);
+        cmd.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"]).envs(env.iter().copied());
+        Self::spawn(cmd)
+    }
 }
 
 impl Tool<'_> {
@@ -178,11 +190,15 @@ impl Tool<'_> {
     }
 
     /// The tool's guard process (it starts one when what it adds would
-    /// outlive it: netlink filters, fq), if it has one.
+    /// outlive it: netlink filters, fq), if it has one: a child of any of
+    /// its threads (a session starts it from a thread of its own).
     pub fn guard(&self) -> Option<Pid> {
-        let pid = self.pid();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        children.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).next()
+        first_child(self.pid())
+    }
+
+    /// The guard of the tool run under a wrapper ([`Tool::inner`]).
+    pub fn inner_guard(&self) -> Option<Pid> {
+        first_child(self.inner())
     }
 
     /// The first child of the process started: the tool itself when that
@@ -336,4 +352,14 @@ impl fmt::Display for Outcome {
         }
         Ok(())
     }
+}
+
+/// The first child of any thread of `pid`.
+fn first_child(pid: Pid) -> Option<Pid> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .map(Pid::from_raw)
+        .next()
 }

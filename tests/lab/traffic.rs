@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    io,
+    io::{self, ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
@@ -171,4 +171,36 @@ pub fn tcp_listener(c: &Container, v6: bool, port: u16) -> TcpListener {
 /// Connects from `from` to `to`, giving up after `timeout`.
 pub fn tcp_connect(from: &Container, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     from.run(|| TcpStream::connect_timeout(&to, timeout))
+}
+
+/// Echoes whatever each connection sends, on its own thread.
+pub fn echo_server(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Sends `msg` and waits up to `wait` for its echo: whether it came.
+pub fn echoes(conn: &mut TcpStream, msg: &[u8], wait: Duration) -> bool {
+    conn.write_all(msg).expect("sending on the connection");
+    conn.set_read_timeout(Some(wait)).expect("setting a read timeout");
+    let mut buf = vec![0u8; msg.len()];
+    match conn.read_exact(&mut buf) {
+        Ok(()) => {
+            assert_eq!(buf, msg, "the echo is not what was sent");
+            true
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        Err(e) => panic!("the connection failed: {e}"),
+    }
 }

@@ -182,7 +182,12 @@ fn a_run_that_was_pid_1_is_cleaned_by_the_next_pid_1() {
     let flow = UdpFlow::new(&lab.container(0), 0, &lab.container(1), PORT, false);
     let run = drop_all("netlink");
     let tool = lab.attach_as_pid_1(&run);
-    // SIGKILL to PID 1 ends the namespace: the guard dies with it.
+    // SIGKILL to PID 1 ends the namespace and kills the guard too, but the
+    // guard may first see the run's pipe close and clean up (the kernel
+    // closes PID 1's files before it kills the rest): kill it first, as in
+    // `killed_with_its_guard...`.
+    let guard = tool.inner_guard().expect("no guard process on the netlink path");
+    nix::sys::signal::kill(guard, Signal::SIGKILL).expect("killing the guard");
     nix::sys::signal::kill(tool.inner(), Signal::SIGKILL).expect("killing PID 1");
     tool.wait(TOOL_TIMEOUT);
     assert_ports_hooked(&lab, "netlink");

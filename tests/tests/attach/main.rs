@@ -20,6 +20,7 @@ mod flow;
 mod lifecycle;
 mod reset;
 mod serve;
+mod session;
 mod usage;
 
 use std::net::IpAddr;

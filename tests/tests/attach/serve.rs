@@ -5,13 +5,15 @@
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::Command,
     time::Duration,
 };
 
-use pygocentrus_tests::{BRIDGE, Container, Lab, Reply, TempFile, UdpFlow, args, http, tcp_connect, tcp_listener};
+use pygocentrus_tests::{
+    BRIDGE, Container, Lab, Reply, TempFile, UdpFlow, args, echo_server, echoes, http, tcp_connect, tcp_listener,
+};
 use serde_json::json;
 
 use crate::{PORT, usage::assert_refused};
@@ -20,38 +22,6 @@ const API: &str = "127.0.0.1:8474";
 
 fn api(lab: &Lab, method: &str, path: &str, body: &str) -> Reply {
     http(lab.host(), API.parse().unwrap_or_else(|e| panic!("{e}")), method, path, body, None)
-}
-
-/// Echoes whatever each connection sends, on its own thread.
-fn echo_server(listener: TcpListener) {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-}
-
-/// Sends `msg` and waits up to `wait` for its echo: whether it came.
-fn echoes(conn: &mut TcpStream, msg: &[u8], wait: Duration) -> bool {
-    conn.write_all(msg).expect("sending on the connection");
-    conn.set_read_timeout(Some(wait)).expect("setting a read timeout");
-    let mut buf = vec![0u8; msg.len()];
-    match conn.read_exact(&mut buf) {
-        Ok(()) => {
-            assert_eq!(buf, msg, "the echo is not what was sent");
-            true
-        }
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-        Err(e) => panic!("the connection failed: {e}"),
-    }
 }
 
 /// The sum of `pygocentrus_packets_total{...,event="EVENT"}` over the rules
@@ -145,8 +115,8 @@ fn bad_requests_get_a_clear_4xx_and_serve_lives_on() {
         ("POST", "/proxies/p/toxics", r#"{"type":"slicer"}"#, 400, "packet level"),
         ("POST", "/proxies/p/toxics", r#"{"type":"latency","toxicity":7}"#, 400, "between 0 and 1"),
         ("POST", "/proxies/p/toxics", r#"{"type":"latency","attributes":{"latency":-5}}"#, 400, "whole number"),
-        ("POST", "/proxies/p/toxics", r#"{"type":"slow_close","attributes":{"delay":100}}"#, 400, "not supported"),
-        ("POST", "/proxies/p/toxics", r#"{"type":"limit_data","toxicity":0.5}"#, 400, "toxicity below 1"),
+        ("POST", "/proxies/p/toxics", r#"{"type":"slow_close","attributes":{"delay":"x"}}"#, 400, "whole number"),
+        ("POST", "/proxies/p/toxics", r#"{"type":"bandwidth","stream":"sideways"}"#, 400, "upstream or downstream"),
         ("DELETE", "/proxies/p/toxics/nosuch", "", 404, "toxic not found"),
         ("PUT", "/pygocentrus/rules/x", r#"{"port":5000,"drop":101}"#, 400, "0-100"),
         ("PUT", "/pygocentrus/rules/x", r#"{"port":5000,"dorp":1}"#, 400, "unknown field"),
