@@ -290,6 +290,13 @@ pub struct RuleState {
 /// before the packet leaves.
 pub const MARK_DUPLICATE: u32 = 0x0100_0000;
 
+/// `skb->mark` bit carried by the copy that replaces a packet still charged
+/// to its sending socket (see `orphan` in the eBPF program) while it passes
+/// the egress hook a second time: it is judged as the packet, but not
+/// counted again among the packets the classifier saw. Cleared before the
+/// packet leaves.
+pub const MARK_ORPHAN: u32 = 0x0200_0000;
+
 /// The dice a rule can throw, in the order they are thrown. The discriminant
 /// is mixed into the seeded hash so that each action gets its own draw.
 #[repr(u32)]

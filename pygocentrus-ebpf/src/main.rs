@@ -1,7 +1,8 @@
 //! The pygocentrus classifier: one TC program for ingress, one for egress,
 //! sharing every map. Read it top to bottom: parse → match a rule → decide →
 //! act → count. Anything unexpected passes the packet untouched (fail open);
-//! only a deliberate fault returns `TC_ACT_SHOT`.
+//! only a deliberate fault returns `TC_ACT_SHOT`. (A packet to be delayed
+//! that a local socket still owns is swapped for a copy first: `orphan`.)
 #![no_std]
 #![no_main]
 
@@ -12,13 +13,15 @@ mod sched;
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_redirect,
     macros::classifier,
     programs::TcContext,
 };
 use pygocentrus_common::{
     Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_PORTLESS, CONN_RESET_FWD, CONN_RESET_REV, CONN_UNPLUGGED, Config,
-    Counters, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MARK_DUPLICATE, PROB_ALWAYS, PROB_NEVER, PROTO_TCP, RULE_GE,
-    RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_FIN, TCP_RST, TargetValue, Threshold, decide,
+    Counters, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MARK_DUPLICATE, MARK_ORPHAN, PROB_ALWAYS, PROB_NEVER, PROTO_TCP,
+    RULE_GE, RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_FIN, TCP_RST, TargetValue, Threshold,
+    decide,
 };
 
 use crate::parse::Packet;
@@ -48,18 +51,22 @@ pub fn pyg_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn classify(ctx: &TcContext, hook: Hook) -> i32 {
-    maps::count(0, |c| c.seen += 1);
-    try_classify(ctx, hook).unwrap_or(PASS)
+    // A copy we made passes a second time, its tag taken off: a duplicate
+    // is only scheduled, an orphan's copy is judged as the packet it
+    // replaces (which was not counted, judged or sent).
+    let mark = mark(ctx);
+    let tag = mark & (MARK_DUPLICATE | MARK_ORPHAN);
+    if tag != 0 {
+        ctx.set_mark(mark & !tag);
+    }
+    if tag & MARK_ORPHAN == 0 {
+        maps::count(0, |c| c.seen += 1);
+    }
+    try_classify(ctx, hook, tag & MARK_DUPLICATE != 0).unwrap_or(PASS)
 }
 
 #[inline(always)]
-fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
-    // A copy we made passes a second time: it is only scheduled.
-    let mark = mark(ctx);
-    let copy = mark & MARK_DUPLICATE != 0;
-    if copy {
-        ctx.set_mark(mark & !MARK_DUPLICATE);
-    }
+fn try_classify(ctx: &TcContext, hook: Hook, copy: bool) -> Result<i32, ()> {
     let cfg = maps::config().ok_or(())?;
     if hook == Hook::Ingress && cfg.flags & CONFIG_BRIDGE != 0 && !parse::to_mac(ctx, &cfg.bridge_mac)? {
         // On a bridge port, a packet that is not addressed to the bridge
@@ -85,6 +92,14 @@ fn try_classify(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
     }
     if copy {
         return Ok(if hook == Hook::Egress { schedule(ctx, &pkt, id, rule, &Dice::new(&pkt, rule)) } else { PASS });
+    }
+    // A packet that will wait in fq and still belongs to its socket is
+    // swapped for a copy, judged in its place.
+    if hook == Hook::Egress
+        && rule.schedules()
+        && let Some(verdict) = orphan(ctx)
+    {
+        return Ok(verdict);
     }
     maps::count(id, |c| {
         c.seen += 1;
@@ -361,14 +376,73 @@ fn ge_loss(id: u32, rule: &Rule, dice: &Dice) -> bool {
 /// the copy carries [`MARK_DUPLICATE`] so that it is not judged again.
 #[inline(always)]
 fn duplicate(ctx: &TcContext, hook: Hook) -> Result<(), ()> {
+    if send_copy(ctx, hook, MARK_DUPLICATE) == 0 { Ok(()) } else { Err(()) }
+}
+
+/// `bpf_clone_redirect` of the packet to the hook it is in, the copy tagged
+/// with `tag` for its second pass: the helper's result. The copy passes the
+/// hook (and the qdisc behind it) before the helper returns.
+#[inline(always)]
+fn send_copy(ctx: &TcContext, hook: Hook, tag: u32) -> i64 {
     let mark = mark(ctx);
     // SAFETY: reading a field of the context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let flags = if hook == Hook::Ingress { u64::from(BPF_F_INGRESS) } else { 0 };
-    ctx.set_mark(mark | MARK_DUPLICATE);
+    ctx.set_mark(mark | tag);
     let sent = ctx.clone_redirect(ifindex, flags);
     ctx.set_mark(mark);
-    sent.map_err(|_| ())
+    match sent {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+/// `ENOBUFS`: what `bpf_clone_redirect` returns since Linux 6.6 when the
+/// copy reached the device and its qdisc (or our own hook) dropped it.
+const ENOBUFS: i64 = 105;
+
+/// Takes a packet that is to wait in `fq` away from its sending socket
+/// (what netem does with `skb_orphan_partial` before it delays one).
+///
+/// A packet sent by a socket on this host (every container's: veth and the
+/// bridge do not orphan it) stays charged to that socket until it is freed.
+/// TCP Small Queues lets a socket have only about two packets, or a
+/// millisecond of its pacing rate, below the TCP layer; held for the delay
+/// in `fq`, they are all a bulk TCP stream may send per delay: a 10 ms
+/// delay held one at 4 Mbit/s where netem's kept 900.
+///
+/// A copy owns no socket: it is sent through this egress hook again, where
+/// the program judges, counts and schedules it as the packet (tagged
+/// [`MARK_ORPHAN`] only not to count it twice among the packets seen), and
+/// the packet itself is freed, which releases its socket's share. Its
+/// verdict is a redirect to no device (`bpf_redirect` to ifindex 0): the
+/// kernel frees the packet and tells the sender it was sent, under TCX as
+/// under cls_bpf. (`TC_ACT_STOLEN` does that only under cls_bpf: TCX reads
+/// it as "next program", which would send the packet as well; `TC_ACT_SHOT`
+/// would tell a sender on this host that its packet was dropped, and TCP
+/// sends it again.)
+///
+/// Returns that verdict once the copy reached the device, even if its qdisc
+/// or the judgement of the copy dropped it: the packet is the copy's
+/// business from then on. `None` (send the packet as it is: fail open) when
+/// the packet owns no socket (it is such a copy, or a duplicate, or was
+/// forwarded from another host) or no copy was sent.
+#[inline(always)]
+fn orphan(ctx: &TcContext) -> Option<i32> {
+    // SAFETY: reading a field of the context the kernel gave us (a pointer
+    // the verifier lets us compare with null, nothing more).
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // 0: sent; above 0 (before 6.6) a qdisc's verdict on it, or ENOBUFS
+    // (since 6.6) its drop. Other errors: no copy reached the device.
+    let sent = send_copy(ctx, Hook::Egress, MARK_ORPHAN);
+    if sent < 0 && sent != -ENOBUFS {
+        return None;
+    }
+    // SAFETY: a helper that only records where the packet goes.
+    Some(unsafe { bpf_redirect(0, 0) } as i32)
 }
 
 #[inline(always)]

@@ -1,7 +1,8 @@
 //! When a packet may leave: the rate limit, the delay and its jitter, and
 //! the order of its flow, written to `skb->tstamp` as an earliest departure
 //! time (EDT). The `fq` qdisc the loader puts on the port holds the packet
-//! until then; nothing is copied and no timer runs per packet.
+//! until then; no timer runs per packet. (A packet a local socket still
+//! owns was swapped for a copy before it got here: `orphan` in main.rs.)
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use pygocentrus_common::{DIST_SCALE, DIST_UNIFORM, RULE_KEEP_ORDER, Rule};
