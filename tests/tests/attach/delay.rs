@@ -403,23 +403,25 @@ fn behavior_delay_holds_each_packet_a_second_by_default() {
 /// rate ten times the stream's; TCP paces at 1.2 to 2 times), so each
 /// 10 ms lets through two packets of at most 64 KiB (GSO) and about 68 KB
 /// of truesize: 2 × 68 KB / 10 ms ≈ 109 Mbit/s. Without orphaning, this
-/// test measured 4.0 Mbit/s (Linux 6.12, packets of one or two segments)
-/// and 43 Mbit/s (6.1, GSO packets), bench-vm at most 78.
+/// test measured 4.0 to 4.2 Mbit/s (Linux 6.12, packets of one or two
+/// segments) and 36 to 88 (6.1, GSO packets) against a bare 1 100 or so.
 const TSQ_BOUND_BPS: f64 = 109e6;
 
 #[test]
 fn delay_10ms_keeps_bulk_tcp_far_above_the_small_queue_bound() {
-    // With orphaning the same runs measured 388 and 438 Mbit/s (bare 442
-    // and 630, TCG, one test at a time): the floor is 1.5 times the bound
-    // and 2.4 times below what the VM gave, for a loaded CI host. Up to
-    // three attempts, the first above the floor counts: the bound caps
-    // every attempt, so retrying cannot hide the collapse.
-    const FLOOR_BPS: f64 = 1.5 * TSQ_BOUND_BPS;
+    // With orphaning the same stream measured 388 and 438 Mbit/s in
+    // vm-test (bare 442 and 630, one test at a time), 633 and 265 (bare 296
+    // and 291) with other tests beside it. The floor is 1.5 times the bound,
+    // or half the bare stream where the VM is too slow for that (bare under
+    // 3 times the bound): without orphaning the stream ran at 0.004 to 0.19
+    // of bare. Up to three attempts, the first above the floor counts: the
+    // bound caps every attempt, so retrying cannot hide the collapse.
     const IPERF_PORT: u16 = 5201;
     let (lab, client, server) = Lab::pair("tsq");
     require_fq!(lab);
     let server_ip = server.ip(false).to_string();
     let bare = iperf_received(&client.ns, &server.ns, &server_ip, IPERF_PORT);
+    let floor_bps = bare.as_ref().map_or(f64::INFINITY, |bps| 0.5 * bps).min(1.5 * TSQ_BOUND_BPS);
     let before = NetCounters::read(&server.ns);
     let tool = lab.attach(&args![
         "--iface",
@@ -439,7 +441,7 @@ fn delay_10ms_keeps_bulk_tcp_far_above_the_small_queue_bound() {
     let mut attempts = Vec::new();
     let fast = (0..3).any(|_| {
         let got = iperf_received(&client.ns, &server.ns, &server_ip, IPERF_PORT);
-        let enough = got.as_ref().is_ok_and(|bps| *bps >= FLOOR_BPS);
+        let enough = got.as_ref().is_ok_and(|bps| *bps >= floor_bps);
         attempts.push(got);
         enough
     });
@@ -456,7 +458,7 @@ fn delay_10ms_keeps_bulk_tcp_far_above_the_small_queue_bound() {
         "iperf3 through a 10 ms delay: {:?} (bare {}); floor {:.0} Mbit/s, small-queue bound {:.0}",
         attempts,
         mbit(&bare),
-        FLOOR_BPS / 1e6,
+        floor_bps / 1e6,
         TSQ_BOUND_BPS / 1e6
     );
     // Each packet is judged and counted once, as itself or as the copy that
