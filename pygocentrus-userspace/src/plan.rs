@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::{
     cli::{AttachArgs, Behavior, Direction, Distribution, Proto, RuleArgs},
     netlink::FqParams,
-    units::{FlowLimit, Percent, Rate, parse_percent},
+    units::{FlowLimit, MAX_DURATION, Percent, Rate, parse_percent},
 };
 
 /// Input that cannot work: reported in one line, exit status 2.
@@ -38,6 +38,9 @@ pub enum UsageError {
     DistributionNeedsJitter,
     #[error("--keep-order needs --jitter (without jitter a flow keeps its order anyway)")]
     KeepOrderNeedsJitter,
+    /// Longer than the kernel's 64-bit nanoseconds count.
+    #[error("{0} is too long (at most {max}ns, about 584 years)", max = u64::MAX)]
+    TooLong(&'static str),
     #[error("{0}")]
     Qdisc(String),
     #[error("refusing to impair all traffic: give --ip and/or --port, or --all to mean it")]
@@ -208,7 +211,9 @@ impl Faults {
             || self.rate.is_some()
             || self.unplug_after.is_some()
             || self.reset_after.is_some()
-            || self.delay.is_some_and(|d| !(d.mean + d.jitter).is_zero() && d.share.is_none_or(|s| s.value() > 0.0))
+            || self
+                .delay
+                .is_some_and(|d| !(d.mean.is_zero() && d.jitter.is_zero()) && d.share.is_none_or(|s| s.value() > 0.0))
     }
 
     /// Whether packets get departure times: those need `fq`.
@@ -337,6 +342,13 @@ impl RuleSpec {
             }
             if self.tcp_flags.is_some() {
                 return Err(UsageError::NeedsTcp("--tcp-flags"));
+            }
+        }
+        if let Some(d) = self.faults.delay {
+            for (value, flag) in [(d.mean, "--delay"), (d.jitter, "--jitter")] {
+                if value > MAX_DURATION {
+                    return Err(UsageError::TooLong(flag));
+                }
             }
         }
         let f = &self.faults;
@@ -610,8 +622,11 @@ impl Plan {
         if scheduled.is_empty() {
             return None;
         }
-        let longest =
-            scheduled.iter().filter_map(|f| f.delay).map(|d| (d.mean + d.jitter * 4).as_secs_f64()).fold(0.0, f64::max);
+        let longest = scheduled
+            .iter()
+            .filter_map(|f| f.delay)
+            .map(|d| d.mean.saturating_add(d.jitter.saturating_mul(4)).as_secs_f64())
+            .fold(0.0, f64::max);
         let fastest = scheduled.iter().map(|f| f.rate.map_or(LINE_RATE, |r| r.0 as f64)).fold(0.0, f64::max);
         let limit = (2.0 * longest * fastest / PACKET).ceil().clamp(10_000.0, 1_000_000.0) as u32;
         let horizon_us = (2.0 * longest * 1e6).clamp(10e6, f64::from(u32::MAX)) as u32;
