@@ -106,6 +106,10 @@ impl ConfigFile {
         let mut phases = Vec::new();
         for (i, p) in self.phase.iter().enumerate() {
             let label = p.name.clone().unwrap_or_else(|| format!("phase {}", i + 1));
+            // Names go into one-line messages and announcements.
+            if label.contains(char::is_control) {
+                return Err(UsageError::Config(format!("phase {}: a name is one line of printable text", i + 1)));
+            }
             if p.duration.is_zero() {
                 return Err(UsageError::Config(format!("{label}: a phase needs a duration above 0")));
             }
@@ -378,6 +382,30 @@ mod tests {
         let json = serde_json::to_string(&cfg.rule[0]).unwrap();
         let back: RuleArgs = serde_json::from_str(&json).unwrap();
         assert_eq!(back, cfg.rule[0], "{json}");
+    }
+
+    /// Durations went up to 2^64 s, where a delay plus a jitter (or four
+    /// jitters, sizing fq) overflowed: a panic. Now they stop at 2^64 ns,
+    /// what the kernel counts, and such sums fit.
+    #[test]
+    fn the_longest_delays_do_not_overflow() {
+        let cfg = ConfigFile::parse(
+            "[[rule]]\nport = 1\ndelay = \"18446744073709551615ns\"\njitter = \"18446744073709551615ns\"\n",
+        )
+        .unwrap();
+        let plan = cfg.plan(None).unwrap();
+        assert!(plan.fq_params().is_some());
+        assert_eq!(plan.map_contents().unwrap().rules[0].1.jitter_ns, u64::MAX);
+        let e = ConfigFile::parse("[[rule]]\nport = 1\ndelay = \"10000000000000000000s\"\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("too long"), "{e}");
+    }
+
+    /// A phase's name with a line break made a message of two lines.
+    #[test]
+    fn phase_names_are_one_line() {
+        let cfg = ConfigFile::parse("[[phase]]\nname = \"a\\nb\"\nduration = \"1s\"\n").unwrap();
+        let e = cfg.schedule(None).unwrap_err().to_string();
+        assert_eq!(e, "config: phase 1: a name is one line of printable text");
     }
 
     #[test]

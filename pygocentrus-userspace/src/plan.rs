@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::{
     cli::{AttachArgs, Behavior, Direction, Distribution, Proto, RuleArgs},
     netlink::FqParams,
-    units::{FlowLimit, Percent, Rate, parse_percent},
+    units::{FlowLimit, MAX_DURATION, Percent, Rate, parse_percent},
 };
 
 /// Input that cannot work: reported in one line, exit status 2.
@@ -42,6 +42,9 @@ pub enum UsageError {
     DistributionNeedsJitter,
     #[error("--keep-order needs --jitter (without jitter a flow keeps its order anyway)")]
     KeepOrderNeedsJitter,
+    /// Longer than the kernel's 64-bit nanoseconds count.
+    #[error("{0} is too long (at most {max}ns, about 584 years)", max = u64::MAX)]
+    TooLong(&'static str),
     #[error("{0}")]
     Qdisc(String),
     #[error("refusing to impair all traffic: give --ip and/or --port, or --all to mean it")]
@@ -229,7 +232,9 @@ impl Faults {
             || ((self.unplug_after.is_some() || self.reset_after.is_some())
                 && self.limit_share.is_none_or(|s| s.value() > 0.0))
             || self.fin_delay.is_some_and(|d| !d.is_zero() && self.fin_delay_share.is_none_or(|s| s.value() > 0.0))
-            || self.delay.is_some_and(|d| !(d.mean + d.jitter).is_zero() && d.share.is_none_or(|s| s.value() > 0.0))
+            || self
+                .delay
+                .is_some_and(|d| !(d.mean.is_zero() && d.jitter.is_zero()) && d.share.is_none_or(|s| s.value() > 0.0))
     }
 
     /// Whether packets get departure times: those need `fq`.
@@ -374,6 +379,13 @@ impl RuleSpec {
             }
             if self.faults.fin_delay.is_some() {
                 return Err(UsageError::NeedsTcp("--fin-delay"));
+            }
+        }
+        if let Some(d) = self.faults.delay {
+            for (value, flag) in [(d.mean, "--delay"), (d.jitter, "--jitter")] {
+                if value > MAX_DURATION {
+                    return Err(UsageError::TooLong(flag));
+                }
             }
         }
         let f = &self.faults;
@@ -691,7 +703,11 @@ impl Plan {
         }
         let longest = scheduled
             .iter()
-            .map(|f| f.delay.map_or(Duration::ZERO, |d| d.mean + d.jitter * 4) + f.fin_delay.unwrap_or_default())
+            .map(|f| {
+                f.delay
+                    .map_or(Duration::ZERO, |d| d.mean.saturating_add(d.jitter.saturating_mul(4)))
+                    .saturating_add(f.fin_delay.unwrap_or_default())
+            })
             .map(|d| d.as_secs_f64())
             .fold(0.0, f64::max);
         let fastest = scheduled.iter().map(|f| f.rate.map_or(LINE_RATE, |r| r.0 as f64)).fold(0.0, f64::max);

@@ -47,7 +47,7 @@ impl Schedule {
         if cycle.is_zero() || (!self.repeat && t >= cycle) {
             return None;
         }
-        let mut left = Duration::from_nanos((t.as_nanos() % cycle.as_nanos()) as u64);
+        let mut left = nanos(t.as_nanos() % cycle.as_nanos());
         for (i, p) in self.phases.iter().enumerate() {
             if left < p.duration {
                 return Some(i);
@@ -81,12 +81,7 @@ impl Schedule {
                 return None;
             }
             let base = t.as_nanos() / period * period;
-            offsets
-                .iter()
-                .flat_map(|o| [base + o, base + period + o])
-                .filter(|at| *at > t.as_nanos())
-                .min()
-                .map(|at| Duration::from_nanos(at.min(u128::from(u64::MAX)) as u64))
+            offsets.iter().flat_map(|o| [base + o, base + period + o]).filter(|at| *at > t.as_nanos()).min().map(nanos)
         };
         let mut next: Vec<Duration> =
             self.flaps.iter().filter_map(|(_, f)| after((f.on + f.off).as_nanos(), &[0, f.on.as_nanos()])).collect();
@@ -101,7 +96,7 @@ impl Schedule {
             if self.repeat {
                 next.extend(after(cycle.as_nanos(), &offsets));
             } else {
-                next.extend(offsets.iter().map(|o| Duration::from_nanos(*o as u64)).filter(|o| *o > t));
+                next.extend(offsets.iter().map(|o| nanos(*o)).filter(|o| *o > t));
             }
         }
         next.into_iter().min()
@@ -135,6 +130,13 @@ impl Schedule {
         }
         Ok(())
     }
+}
+
+/// A count of nanoseconds as a duration, exactly (a cycle of phases can be
+/// longer than 2^64 ns), or the longest one.
+fn nanos(n: u128) -> Duration {
+    const PER_SEC: u128 = 1_000_000_000;
+    u64::try_from(n / PER_SEC).map_or(Duration::MAX, |secs| Duration::new(secs, (n % PER_SEC) as u32))
 }
 
 #[cfg(test)]
@@ -201,6 +203,23 @@ mod tests {
         assert_eq!(r[1].faults.reset.unwrap().value(), 100.0);
         assert_eq!(r[2].faults.delay.unwrap().mean, S);
         assert!(!r[3].faults.schedules() && r[3].faults.drop.is_none());
+    }
+
+    /// Phases of centuries: their ends lie past 2^64 ns, which were cut to
+    /// 64 bits (the end of the second phase was lost, and with `repeat` the
+    /// next change stopped moving on).
+    #[test]
+    fn long_phases_end_on_time() {
+        const CENTURIES: &str = "[[phase]]\nduration = \"2628000h\"\n\
+                                 [[phase]]\nduration = \"2628000h\"\n[[phase.rule]]\nport = 1\ndrop = 1\n";
+        let p = Duration::from_secs(2_628_000 * 3600);
+        let s = schedule(CENTURIES);
+        assert_eq!(s.next_change(p), Some(2 * p));
+        assert_eq!((s.phase_at(2 * p - Duration::from_nanos(1)), s.phase_at(2 * p)), (Some(1), None));
+        let s = schedule(&format!("repeat = true\n{CENTURIES}"));
+        assert_eq!(s.next_change(p), Some(2 * p));
+        assert_eq!(s.next_change(2 * p), Some(3 * p));
+        assert_eq!((s.phase_at(2 * p), s.phase_at(3 * p)), (Some(0), Some(1)));
     }
 
     #[test]

@@ -156,6 +156,19 @@ impl Toxic {
         }
     }
 
+    /// An attribute in milliseconds, at most what the kernel counts
+    /// ([`crate::units::MAX_DURATION`]).
+    fn millis(&self, key: &str) -> Result<Duration, ApiError> {
+        let ms = self.attr(key)?;
+        ms.checked_mul(1_000_000).map(Duration::from_nanos).ok_or_else(|| {
+            ApiError::bad(format!(
+                "{} attribute '{key}' is too long: {ms} ms (at most {} ms, about 584 years)",
+                self.kind,
+                u64::MAX / 1_000_000
+            ))
+        })
+    }
+
     /// Adds this toxic's faults to `f` (the faults of its direction).
     ///
     /// A `toxicity` below 1 turns the rule's sampling per connection: each
@@ -178,8 +191,8 @@ impl Toxic {
         }
         match self.kind.as_str() {
             "latency" => {
-                let (mean, jitter) = (self.attr("latency")?, self.attr("jitter")?);
-                if mean + jitter == 0 {
+                let (mean, jitter) = (self.millis("latency")?, self.millis("jitter")?);
+                if mean.is_zero() && jitter.is_zero() {
                     return Ok(());
                 }
                 let d = f.delay.get_or_insert(Delay {
@@ -189,8 +202,9 @@ impl Toxic {
                     share: None,
                     keep_order: false,
                 });
-                d.mean += Duration::from_millis(mean);
-                d.jitter += Duration::from_millis(jitter);
+                // Past the kernel's limit, the rule is refused as any other.
+                d.mean = d.mean.saturating_add(mean);
+                d.jitter = d.jitter.saturating_add(jitter);
                 if sampled {
                     d.share = Some(share);
                 }
@@ -209,19 +223,19 @@ impl Toxic {
                     self.set_share(&mut f.rate_share, share, "bandwidth")?;
                 }
             }
-            "timeout" => match self.attr("timeout")? {
-                0 => f.drop = Some(share),
-                ms => {
+            "timeout" => match self.millis("timeout")? {
+                Duration::ZERO => f.drop = Some(share),
+                time => {
                     // Nothing of the connection passes after its handshake
                     // (which carries no payload), and each end is reset at
                     // its first packet after the timeout.
                     f.unplug_after = Some(FlowLimit::Bytes(0));
-                    self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)), share)?;
+                    self.set_reset_after(f, FlowLimit::Time(time), share)?;
                 }
             },
-            "reset_peer" => match self.attr("timeout")? {
-                0 => f.reset = Some(share),
-                ms => self.set_reset_after(f, FlowLimit::Time(Duration::from_millis(ms)), share)?,
+            "reset_peer" => match self.millis("timeout")? {
+                Duration::ZERO => f.reset = Some(share),
+                time => self.set_reset_after(f, FlowLimit::Time(time), share)?,
             },
             "limit_data" => {
                 let bytes = self.attr("bytes")?;
@@ -421,6 +435,26 @@ mod tests {
             toxic(json!({"type": "limit_data", "name": "b", "attributes": {"bytes": 2}})).unwrap(),
         ]);
         assert_eq!(twice.rules(None).unwrap_err().status, 409);
+    }
+
+    /// Latencies of a stream add up; past what the kernel counts they are
+    /// refused (they overflowed before: a panic in a debug build, a wrong
+    /// sum in a release one).
+    #[test]
+    fn latencies_past_the_kernels_limit_are_refused() {
+        let e = toxic(json!({"type": "latency", "attributes": {"latency": u64::MAX, "jitter": 1}})).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("'latency' is too long"), "{}", e.message);
+        let most = u64::MAX / 1_000_000;
+        let p = proxy(vec![
+            toxic(json!({"type": "latency", "name": "a", "attributes": {"latency": most}})).unwrap(),
+            toxic(json!({"type": "latency", "name": "b", "attributes": {"latency": most, "jitter": most}})).unwrap(),
+        ]);
+        let e = p.rules(None).unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (400, "proxy redis: --delay is too long (at most 18446744073709551615ns, about 584 years)")
+        );
     }
 
     #[test]

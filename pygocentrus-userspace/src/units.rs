@@ -41,26 +41,41 @@ pub fn parse_percent(s: &str) -> Result<Percent, String> {
     Ok(Percent(v))
 }
 
+/// The longest duration accepted: what the kernel counts in its 64-bit
+/// nanoseconds (about 584 years).
+pub const MAX_DURATION: Duration = Duration::from_nanos(u64::MAX);
+
 /// A duration with a unit: `250us`, `500ms`, `30s`, `2m`, `1h` (fractions
 /// allowed: `1.5s`). A bare number is refused: tc reads it as microseconds,
-/// most people as seconds.
+/// most people as seconds. A whole number is read exactly (`1500000ns` is
+/// what `pygocentrus set` sends); at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("'{s}' needs a unit: 250us, 500ms, 30s, 2m"))?;
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (write 250us, 500ms, 30s, 2m)"))?;
-    let scale = match unit.trim() {
-        "ns" | "nsec" => 1e-9,
-        "us" | "usec" | "µs" => 1e-6,
-        "ms" | "msec" => 1e-3,
-        "s" | "sec" | "secs" => 1.0,
-        "m" | "min" | "mins" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
+    let nanos_per_unit: u64 = match unit.trim() {
+        "ns" | "nsec" => 1,
+        "us" | "usec" | "µs" => 1_000,
+        "ms" | "msec" => 1_000_000,
+        "s" | "sec" | "secs" => 1_000_000_000,
+        "m" | "min" | "mins" => 60_000_000_000,
+        "h" | "hour" | "hours" => 3_600_000_000_000,
         other => return Err(format!("unknown time unit '{other}' in '{s}' (use us, ms, s, m or h)")),
     };
-    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("'{s}' is not a valid duration"))
+    let nanos = match num.parse::<u64>() {
+        Ok(n) => u64::try_from(u128::from(n) * u128::from(nanos_per_unit)).ok(),
+        Err(_) => {
+            let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (write 250us, 500ms, 30s, 2m)"))?;
+            let n = (v * nanos_per_unit as f64).round();
+            // u64::MAX as f64 rounds up to 2^64, which is out of range.
+            (n < u64::MAX as f64).then_some(n as u64)
+        }
+    };
+    nanos
+        .map(Duration::from_nanos)
+        .ok_or_else(|| format!("'{s}' is too long (at most {}ns, about 584 years)", u64::MAX))
 }
 
 /// A rate in bytes per second.
@@ -233,6 +248,32 @@ mod tests {
         for bad in ["30", "", "ms", "5 parsecs", "1.2.3s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    /// 10^19 s was accepted, and a delay plus a jitter that long overflowed
+    /// (a panic) where they were added up: the config fuzz target's
+    /// seeds/config/overflow-*.toml.
+    #[test]
+    fn durations_stop_at_what_the_kernel_counts() {
+        assert_eq!(parse_duration("18446744073709551615ns"), Ok(MAX_DURATION));
+        for long in ["18446744073709551616ns", "10000000000000000000s", "18446744074s", "5124095576h", "1e400s"] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("too long") || e.contains("unknown time unit"), "{long}: {e}");
+        }
+        assert!(parse_duration("18446744073.709551615s").is_err(), "f64 rounds it up past the limit");
+    }
+
+    /// Whole numbers of nanoseconds past 2^53 went through an f64 and came
+    /// back different, so a rule sent by `pygocentrus set` (durations as
+    /// `Nns`) was not the rule given: `1234567890123456789ns` was sent as
+    /// `1234567890123456955ns` (the config fuzz target's JSON round trip).
+    #[test]
+    fn whole_numbers_are_exact() {
+        assert_eq!(parse_duration("9007199254740993ns"), Ok(Duration::from_nanos(9_007_199_254_740_993)));
+        assert_eq!(parse_duration("1234567890123456789ns"), Ok(Duration::from_nanos(1_234_567_890_123_456_789)));
+        assert_eq!(parse_duration("18446744073s"), Ok(Duration::from_secs(18_446_744_073)));
+        assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2.5us"), Ok(Duration::from_nanos(2_500)));
     }
 
     #[test]
