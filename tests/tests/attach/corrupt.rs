@@ -47,9 +47,11 @@ fn corrupt_ipv6_is_a_header_error_at_the_receiver() {
 
 #[test]
 fn tcp_recovers_from_corrupt_20_by_retransmitting() {
-    // 1 MiB: some 70 or more (GSO) packets, so at 20% some are certainly
-    // corrupted (0.8^70 < 1e-6).
-    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    // 8 MiB. veth carries GSO packets of up to 64 KiB, so a MiB can be as
+    // few as 16 packets (CI once saw 23 matched and none corrupted: 0.8^23 is
+    // 0.6%). 8 MiB is at least 128 packets: at 20% none corrupted has a
+    // chance of 0.8^128 < 1e-12.
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let (lab, client, server) = Lab::pair("csumtcp");
     let listener = tcp_listener(&server, false, PORT);
     // Connected before the tool runs, and only the data direction damaged:
