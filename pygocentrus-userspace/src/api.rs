@@ -42,8 +42,18 @@ pub const BODY_LIMIT: usize = 256 * 1024;
 pub enum EngineRequest {
     /// Put this plan to work; the answer says whether the maps hold it.
     Apply(Plan, oneshot::Sender<Result<(), String>>),
-    /// Read the counters: slot 0 (totals), then one per rule.
-    Counters(oneshot::Sender<Result<Vec<Counters>, String>>),
+    /// Read the counters.
+    Counters(oneshot::Sender<Result<Tally, String>>),
+}
+
+/// The counters of the rules in force.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// The kernel's id of each rule, in the plan's order: a rule keeps its
+    /// id while it stays in force, wherever other rules come and go.
+    pub ids: Vec<u32>,
+    /// The totals, then one per rule, in the plan's order.
+    pub slots: Vec<Counters>,
 }
 
 /// Everything the API set, and the rules it started with.
@@ -116,7 +126,7 @@ impl Server {
         Ok(out)
     }
 
-    async fn counters(&self) -> Result<Vec<Counters>, ApiError> {
+    async fn counters(&self) -> Result<Tally, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.engine.send(EngineRequest::Counters(tx)).await.map_err(|_| stopping())?;
         rx.await.map_err(|_| stopping())?.map_err(|e| ApiError { status: 500, message: e })
@@ -417,14 +427,15 @@ fn counter_fields(c: &Counters) -> [(&'static str, u64); 11] {
 /// last changed.
 async fn status(AxState(s): AxState<Shared>) -> ApiResult {
     let (plan, owners) = s.state.lock().await.plan()?;
-    let slots = s.counters().await?;
+    let Tally { ids, slots } = s.counters().await?;
     let rules: Vec<Value> = plan
         .rules
         .iter()
         .zip(&owners)
         .enumerate()
         .map(|(i, (r, owner))| {
-            let mut v = json!({"id": i + 1, "owner": owner, "rule": r.to_string()});
+            let id = ids.get(i).copied().unwrap_or_default();
+            let mut v = json!({"id": id, "owner": owner, "rule": r.to_string()});
             if let Some(c) = slots.get(i + 1) {
                 for (k, n) in counter_fields(c) {
                     v[k] = json!(n);
@@ -448,17 +459,17 @@ struct RuleLabels {
 /// rule, and `pygocentrus_classifier_packets_total`.
 async fn metrics(AxState(s): AxState<Shared>) -> ApiResult {
     let (plan, owners) = s.state.lock().await.plan()?;
-    let slots = s.counters().await?;
+    let Tally { ids, slots } = s.counters().await?;
     let mut registry = Registry::default();
     let seen = Counter::<u64>::default();
     seen.inc_by(slots.first().map_or(0, |c| c.seen));
     registry.register("pygocentrus_classifier_packets", "Packets the classifier ran on", seen);
     let family = Family::<RuleLabels, Counter<u64>>::default();
     for (i, (r, owner)) in plan.rules.iter().zip(&owners).enumerate() {
-        let Some(c) = slots.get(i + 1) else { continue };
+        let (Some(c), Some(id)) = (slots.get(i + 1), ids.get(i)) else { continue };
         for (event, n) in counter_fields(c) {
             let labels =
-                RuleLabels { id: i as u64 + 1, owner: owner.clone(), rule: r.to_string(), event: event.to_owned() };
+                RuleLabels { id: u64::from(*id), owner: owner.clone(), rule: r.to_string(), event: event.to_owned() };
             family.get_or_create(&labels).inc_by(n);
         }
     }

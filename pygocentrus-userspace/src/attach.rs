@@ -239,6 +239,8 @@ enum Scope {
 /// [`detach`]: Attachment::detach
 pub struct Attachment {
     plan: Plan,
+    /// The rule id of each rule of `plan`, in its order.
+    ids: Vec<u32>,
     engine: Engine,
     hooks: Hooks,
     nl: Netlink,
@@ -299,7 +301,8 @@ impl Attachment {
         fq: Option<FqParams>,
         guard: &GuardProgram,
     ) -> Result<Self> {
-        let contents = plan.map_contents()?;
+        let ids: Vec<u32> = (1..=plan.rules.len() as u32).collect();
+        let contents = plan.map_contents_with_ids(&ids)?;
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
         let (scope, links) = match target {
@@ -313,7 +316,7 @@ impl Attachment {
         };
         let hooks = Hooks::new(method, fq);
         let guard = if hooks.leaves_state() { Guard::spawn(guard, hooks.state_file())? } else { None };
-        let mut this = Self { plan, engine, hooks, nl, scope, _guard: guard };
+        let mut this = Self { plan, ids, engine, hooks, nl, scope, _guard: guard };
         for link in &links {
             if let Err(e) = this.hooks.attach(&mut this.engine, &this.nl, link).await {
                 this.detach().await;
@@ -328,6 +331,11 @@ impl Attachment {
         &self.plan
     }
 
+    /// The kernel's id of each rule of the plan, in its order.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
     /// Whether the hooked ports have `fq`, which delays and rates need.
     pub fn has_fq(&self) -> bool {
         self.hooks.has_fq()
@@ -335,18 +343,22 @@ impl Attachment {
 
     /// Puts `plan` to work in place of the current one, through the maps
     /// alone: no hook is touched, no connection notices anything but the
-    /// faults. Refused (and nothing changed) if the plan is invalid, or
-    /// needs `fq` that the ports do not have.
+    /// faults. A rule both plans have keeps its id, so its counters and
+    /// state (rate, loss model) go on wherever it moved in the list; a
+    /// new or changed rule starts from zero. Refused (and nothing changed)
+    /// if the plan is invalid, or needs `fq` that the ports do not have.
     pub fn update(&mut self, plan: Plan) -> Result<(), UsageError> {
-        let new = plan.map_contents()?;
+        let ids = plan.stable_ids(&self.plan, &self.ids);
+        let new = plan.map_contents_with_ids(&ids)?;
         if plan.fq_params().is_some() && !self.has_fq() {
             return Err(UsageError::Kernel(
                 "delay and rate need the fq qdisc on the hooked ports, and this kernel has no sch_fq (modprobe sch_fq, then restart serve)".to_owned(),
             ));
         }
-        let old = self.plan.map_contents()?;
+        let old = self.plan.map_contents_with_ids(&self.ids)?;
         self.engine.replace(&old, &new).map_err(|e| UsageError::Kernel(format!("updating the maps: {e}")))?;
         self.plan = plan;
+        self.ids = ids;
         Ok(())
     }
 
@@ -358,9 +370,12 @@ impl Attachment {
         }
     }
 
-    /// Counters summed over CPUs: slot 0 (totals), then one per rule.
+    /// Counters summed over CPUs: the totals, then one per rule of the
+    /// plan, in its order.
     pub fn counters(&self) -> Result<Vec<Counters>> {
-        Ok(self.engine.counters()?)
+        let slots = self.engine.counters()?;
+        let slot = |id: u32| slots.get(id as usize).copied().unwrap_or_default();
+        Ok(std::iter::once(0).chain(self.ids.iter().copied()).map(slot).collect())
     }
 
     /// The counters with the rules they count.

@@ -1,5 +1,7 @@
 //! The loaded eBPF object and the only code that reads or writes its maps.
 
+use std::collections::HashMap;
+
 use aya::{
     Ebpf,
     maps::{Array, LpmTrie, PerCpuArray, PerCpuValues, lpm_trie::Key},
@@ -122,7 +124,7 @@ impl Engine {
                 Array::try_from(self.map_mut(MAP_ENDPOINT)?).map_err(|e| EngineError::Map(MAP_ENDPOINT, e))?;
             endpoint.set(0, value, 0).map_err(|e| EngineError::Map(MAP_ENDPOINT, e))?;
         }
-        self.rules = m.rules.len() as u32;
+        self.rules = m.rules.iter().map(|(id, _)| *id).max().unwrap_or(0);
         self.config.flags = (self.config.flags & CONFIG_BRIDGE) | m.flags;
         self.write_config()
     }
@@ -137,12 +139,17 @@ impl Engine {
         // Both sets of flags while both sets of entries may be in place.
         self.config.flags = (self.config.flags & CONFIG_BRIDGE) | old.flags | new.flags;
         self.write_config()?;
+        // Ids that now hold another rule, or none: what was counted under
+        // them belongs to a rule that is gone.
+        let (was, now): (HashMap<u32, Rule>, HashMap<u32, Rule>) =
+            (old.rules.iter().copied().collect(), new.rules.iter().copied().collect());
+        let gone: Vec<u32> = old.rules.iter().map(|(id, _)| *id).filter(|id| !now.contains_key(id)).collect();
         let changed: Vec<u32> = new
             .rules
             .iter()
-            .filter(|(id, rule)| old.rules.get(*id as usize - 1).is_none_or(|(_, was)| was != rule))
+            .filter(|(id, rule)| was.get(id) != Some(rule))
             .map(|(id, _)| *id)
-            .chain((new.rules.len() + 1..=old.rules.len()).map(|id| id as u32))
+            .chain(gone.iter().copied())
             .collect();
         self.zero_rule_state(&changed)?;
         self.install(new)?;
@@ -171,8 +178,8 @@ impl Engine {
             // Rules no target names any more.
             let mut rules: Array<_, Rule> =
                 Array::try_from(self.map_mut(MAP_RULES)?).map_err(|e| EngineError::Map(MAP_RULES, e))?;
-            for id in new.rules.len() + 1..=old.rules.len() {
-                rules.set(id as u32, Rule::default(), 0).map_err(|e| EngineError::Map(MAP_RULES, e))?;
+            for id in &gone {
+                rules.set(*id, Rule::default(), 0).map_err(|e| EngineError::Map(MAP_RULES, e))?;
             }
         }
         self.config.flags = (self.config.flags & CONFIG_BRIDGE) | new.flags;
@@ -221,7 +228,8 @@ impl Engine {
         config.set(0, cfg, 0).map_err(|e| EngineError::Map(MAP_CONFIG, e))
     }
 
-    /// Counters summed over CPUs: slot 0 (totals), then one per rule.
+    /// Counters summed over CPUs, by slot: 0 (totals), then every rule id
+    /// up to the highest in use.
     pub fn counters(&self) -> Result<Vec<Counters>, EngineError> {
         let map = self.ebpf.map(MAP_COUNTERS).ok_or(EngineError::MissingMap(MAP_COUNTERS))?;
         let counters: PerCpuArray<_, Counters> =

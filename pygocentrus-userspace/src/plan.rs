@@ -669,7 +669,8 @@ pub struct Plan {
     pub rules: Vec<RuleSpec>,
 }
 
-/// The map entries that encode a [`Plan`]. Rule `i` of the plan has id `i + 1`.
+/// The map entries that encode a [`Plan`]. Rule `i` of the plan has id `i + 1`,
+/// or the `i`th of the ids given to [`Plan::map_contents_with_ids`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MapContents {
     pub targets: Vec<(u32, TargetKey, TargetValue)>,
@@ -716,16 +717,66 @@ impl Plan {
         Some(FqParams { limit, flow_limit: limit, horizon_us })
     }
 
+    /// The map entries of the plan, rule `i` with id `i + 1`.
     pub fn map_contents(&self) -> Result<MapContents, UsageError> {
+        let ids: Vec<u32> = (1..=self.rules.len() as u32).collect();
+        self.map_contents_with_ids(&ids)
+    }
+
+    /// The ids of `self`'s rules when they replace `old`'s rules, which had
+    /// ids `old_ids`: a rule that `old` had too keeps its id (and so its
+    /// counters and state), a new one takes the lowest id nobody holds.
+    /// Lowest first keeps every id at or below the larger of the two plans'
+    /// highest ids and the number of rules: never beyond the map.
+    pub fn stable_ids(&self, old: &Plan, old_ids: &[u32]) -> Vec<u32> {
+        let mut kept: Vec<Option<u32>> = vec![None; self.rules.len()];
+        let mut taken = vec![false; old.rules.len()];
+        // Plans change a rule or two at a time: the old rule after the last
+        // one found is tried first, so that the search over all of them
+        // (quadratic) runs only for the rules that changed.
+        let mut cursor = 0;
+        for (slot, rule) in kept.iter_mut().zip(&self.rules) {
+            let found = if old.rules.get(cursor).is_some_and(|was| was == rule) && !taken[cursor] {
+                Some(cursor)
+            } else {
+                (0..old.rules.len()).find(|&j| !taken[j] && old.rules[j] == *rule)
+            };
+            if let Some(j) = found
+                && let Some(id) = old_ids.get(j)
+            {
+                taken[j] = true;
+                *slot = Some(*id);
+                cursor = j + 1;
+            }
+        }
+        let mut used: Vec<u32> = kept.iter().flatten().copied().collect();
+        used.sort_unstable();
+        let mut next = 1;
+        kept.into_iter()
+            .map(|id| {
+                id.unwrap_or_else(|| {
+                    while used.binary_search(&next).is_ok() {
+                        next += 1;
+                    }
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect()
+    }
+
+    /// The map entries of the plan, rule `i` with id `ids[i]` (distinct,
+    /// non-zero, at most [`MAX_RULES`]).
+    pub fn map_contents_with_ids(&self, ids: &[u32]) -> Result<MapContents, UsageError> {
         if self.rules.len() > MAX_RULES as usize {
             return Err(UsageError::TooMany(self.rules.len()));
         }
+        debug_assert_eq!(ids.len(), self.rules.len());
         let mut out = MapContents::default();
         // (prefix, key) → (value, which rule filled each cell)
         let mut entries: BTreeMap<EntryKey, (TargetValue, [usize; 6])> = BTreeMap::new();
         let mut endpoint: Option<(TargetValue, [usize; 6])> = None;
-        for (i, spec) in self.rules.iter().enumerate() {
-            let id = i as u32 + 1;
+        for ((i, spec), &id) in self.rules.iter().enumerate().zip(ids) {
             out.rules.push((id, spec.rule()));
             let (value, owners) = if spec.targets_endpoint() {
                 out.flags |= CONFIG_ENDPOINT;
@@ -937,6 +988,41 @@ mod tests {
             ],
         };
         assert!(matches!(plan.map_contents(), Err(UsageError::Overlap(1, 2, _))));
+    }
+
+    fn plan_of(rules: &[&str]) -> Plan {
+        Plan { rules: rules.iter().map(|r| spec(r).unwrap()).collect() }
+    }
+
+    #[test]
+    fn rules_that_stay_keep_their_ids_and_new_ones_fill_the_gaps() {
+        let (a, b, c, d) = ("--port 1 --drop 5", "--port 2 --drop 5", "--port 3 --drop 5", "--port 4 --drop 5");
+        let old = plan_of(&[a, b, c]);
+        let ids = [1, 2, 3];
+        // The first goes: the others keep 2 and 3.
+        assert_eq!(plan_of(&[b, c]).stable_ids(&old, &ids), [2, 3]);
+        // One comes in front: it takes the first free id.
+        assert_eq!(plan_of(&[d, a, b, c]).stable_ids(&old, &ids), [4, 1, 2, 3]);
+        // The middle one changes: it takes its old id, now free, and starts
+        // from zero there (Engine::replace sees another rule under it).
+        let changed = "--port 2 --drop 50";
+        assert_eq!(plan_of(&[a, changed, c]).stable_ids(&old, &ids), [1, 2, 3]);
+        // Reordered.
+        assert_eq!(plan_of(&[c, a, b]).stable_ids(&old, &ids), [3, 1, 2]);
+        // Ids already sparse: new rules take the holes, lowest first.
+        assert_eq!(plan_of(&[d, c, changed]).stable_ids(&plan_of(&[c]), &[3]), [1, 3, 2]);
+        // Nothing left.
+        assert_eq!(plan_of(&[]).stable_ids(&old, &ids), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn map_contents_with_ids_puts_each_rule_under_its_id() {
+        let plan = plan_of(&["--port 1 --drop 5", "--port 2 --drop 5"]);
+        let m = plan.map_contents_with_ids(&[7, 3]).unwrap();
+        assert_eq!(m.rules.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [7, 3]);
+        let ids: Vec<u32> =
+            m.targets.iter().map(|(_, _, v)| v.rules.iter().copied().find(|id| *id != 0).unwrap()).collect();
+        assert_eq!(ids, [7, 3]);
     }
 
     fn endpoint_spec(args: &str) -> Result<RuleSpec, UsageError> {

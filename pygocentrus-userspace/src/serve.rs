@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
 
 use crate::{
-    api::{self, EngineRequest, Server, State},
+    api::{self, EngineRequest, Server, State, Tally},
     attach::{Attachment, Events, Fq, plan_of},
     cli::ServeArgs,
     guard::GuardProgram,
@@ -108,7 +108,8 @@ pub async fn live(
                     let _ = reply.send(outcome);
                 }
                 Some(EngineRequest::Counters(reply)) => {
-                    let _ = reply.send(attachment.counters().map_err(|e| format!("{e:#}")));
+                    let tally = attachment.counters().map(|slots| Tally { ids: attachment.ids().to_vec(), slots });
+                    let _ = reply.send(tally.map_err(|e| format!("{e:#}")));
                 }
             },
             event = events.next() => {

@@ -465,7 +465,7 @@ impl Session {
         let plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
         let (reply, answer) = oneshot::channel();
         self.send(EngineRequest::Counters(reply))?;
-        let slots = futures::executor::block_on(answer).map_err(|_| ended())?.map_err(|e| anyhow!(e))?;
+        let slots = futures::executor::block_on(answer).map_err(|_| ended())?.map_err(|e| anyhow!(e))?.slots;
         Ok(Reading { elapsed: self.started.elapsed(), slots, rules: plan.rules.clone() })
     }
 

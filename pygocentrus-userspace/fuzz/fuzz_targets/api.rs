@@ -21,7 +21,7 @@ use axum::{
 };
 use libfuzzer_sys::fuzz_target;
 use pygocentrus::{
-    api::{self, EngineRequest, Server, State},
+    api::{self, EngineRequest, Server, State, Tally},
     toxi::ProxyInput,
 };
 use serde_json::Value;
@@ -124,7 +124,8 @@ async fn engine(mut requests: mpsc::Receiver<EngineRequest>) {
                 let _ = reply.send(outcome);
             }
             EngineRequest::Counters(reply) => {
-                let _ = reply.send(Ok(vec![Default::default(); rules + 1]));
+                let tally = Tally { ids: (1..=rules as u32).collect(), slots: vec![Default::default(); rules + 1] };
+                let _ = reply.send(Ok(tally));
             }
         }
     }

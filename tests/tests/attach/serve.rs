@@ -173,6 +173,55 @@ fn the_native_client_sets_shows_and_resets_rules() {
     tool.terminate();
 }
 
+#[test]
+fn a_rule_keeps_its_id_and_counters_while_others_come_and_go() {
+    let (lab, client, server) = Lab::pair("srvids");
+    let flow = UdpFlow::new(&client, 0, &server, PORT, false);
+    let tool = lab.serve(&args!["--iface", BRIDGE]);
+    let set = |name: &str, port: u16, drop: u32| {
+        lab.run_sub("set", &args![name, "--ip", server.ip4, "--port", port, "--proto", "udp", "--drop", drop])
+            .assert_exit(0);
+    };
+    let status = || api(&lab, "GET", "/pygocentrus/status", "").json();
+    // Rule 1 on a port nobody uses, rule 2 on the flow's.
+    set("first", 9, 1);
+    set("second", PORT, 100);
+    assert_eq!(flow.exchange(100).received(), 0, "datagrams passed a 100% drop");
+    let s = status();
+    assert_eq!((s["rules"][1]["id"].as_u64(), s["rules"][1]["dropped"].as_u64()), (Some(2), Some(100)), "{s}");
+
+    // The first rule goes: the second is now first in the list, and keeps
+    // its id and what it counted (positional ids would have moved it to 1
+    // and started it from zero).
+    let r = api(&lab, "DELETE", "/pygocentrus/rules/first", "");
+    assert_eq!(r.status, 204, "{r:?}");
+    let s = status();
+    assert_eq!(s["rules"].as_array().map(Vec::len), Some(1), "{s}");
+    assert_eq!(
+        (s["rules"][0]["owner"].as_str(), s["rules"][0]["id"].as_u64(), s["rules"][0]["dropped"].as_u64()),
+        (Some("rule second"), Some(2), Some(100)),
+        "{s}"
+    );
+    // A new rule takes the free id; the second goes on counting under its own.
+    set("third", 10, 1);
+    assert_eq!(flow.exchange(100).received(), 0, "datagrams passed a 100% drop");
+    let s = status();
+    assert_eq!((s["rules"][1]["owner"].as_str(), s["rules"][1]["id"].as_u64()), (Some("rule third"), Some(1)), "{s}");
+    assert_eq!((s["rules"][0]["id"].as_u64(), s["rules"][0]["dropped"].as_u64()), (Some(2), Some(200)), "{s}");
+    assert_eq!(s["rules"][1]["seen"].as_u64(), Some(0), "the new rule inherited counts: {s}");
+    // /metrics: one series for the second rule, under its id, not restarted.
+    let metrics = api(&lab, "GET", "/metrics", "").body;
+    let series = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("pygocentrus_packets_total{") && l.contains("id=\"2\"") && l.contains("event=\"dropped\"")
+        })
+        .unwrap_or_else(|| panic!("no dropped series for rule 2:\n{metrics}"));
+    assert!(series.ends_with(" 200"), "{series}");
+    tool.terminate();
+    lab.assert_clean("after serve", Duration::from_secs(5));
+}
+
 /// The Python of the venv `scripts/setup` makes for toxiproxy-python.
 fn toxiproxy_python() -> Option<PathBuf> {
     let venv = std::env::var_os("PYGOCENTRUS_TOXIPROXY_VENV")
@@ -269,7 +318,10 @@ fn a_latency_toxic_delays_the_answers_of_an_open_connection() {
     assert!(during.iter().all(|d| *d >= Duration::from_millis(50)), "answers under 50 ms: {during:?}");
     assert!(during.iter().all(|d| *d < Duration::from_millis(50) + Duration::from_secs(1)), "{during:?}");
     api(&lab, "DELETE", "/proxies/echo/toxics/latency_downstream", "");
-    let after = rtt(&mut conn);
+    // The fastest of three: under the toxic none can be under 50 ms (a
+    // departure time is never early), so one is proof enough, and a stall
+    // of the emulated CPU on one sample does not fail the test.
+    let after = (0..3).map(|_| rtt(&mut conn)).min().unwrap_or_default();
     assert!(after < Duration::from_millis(50), "still slow after the toxic went: {after:?} (before: {before:?})");
     tool.terminate();
 }
