@@ -43,8 +43,10 @@ const GRPC_DELAY: Duration = Duration::from_millis(100);
 /// TCP connections tried in a phase.
 const CONNECTIONS: u32 = 5;
 /// How far from the asked share a count may stray, in standard deviations
-/// of the binomial law: a false alarm once in millions of runs.
-const SIGMAS: f64 = 5.0;
+/// of the binomial law. The exact tails of the demo's smallest phases (300
+/// packets at 10%) are skewed: 5 of them came to about 4e-6; 5.5 keeps a
+/// false alarm under one in a million runs.
+const SIGMAS: f64 = 5.5;
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     privileges::check()?;

@@ -226,8 +226,14 @@ fn a_delay_set_live_holds_the_answers_back_and_goes_again() {
     let counters = session.counters().expect("reading the counters");
     assert!(counters.rules()[0].delayed >= 10, "{counters}");
     session.set_faults(Faults::none()).expect("removing the delay");
+    // Under the delay none is under 100 ms (a departure time is never
+    // early): the fastest of five under 50 ms shows it gone, and a stall of
+    // the emulated CPU on one sample does not fail the test.
     let fast = flow.ping(5);
-    assert!(fast.iter().all(|d| *d < Duration::from_millis(50)), "still slow without the delay: {fast:?}");
+    assert!(
+        fast.iter().min().is_some_and(|d| *d < Duration::from_millis(50)),
+        "still slow without the delay: {fast:?}"
+    );
     drop(session);
     lab.assert_clean("after the session was dropped (fq removed)", Duration::ZERO);
 }

@@ -40,7 +40,9 @@ fn echo_client_sees_resets_and_damaged_echoes() {
     // TCX, whose hooks only pygocentrus itself can take off again.
     let client = stack.spawn(
         "echo-client",
-        &[("COUNT", "80"), ("INTERVAL", "100ms"), ("TIMEOUT", "1s"), ("CONNECT", "once"), ("START_DELAY", "0")],
+        // 200 messages, 20 s: room for `compose up` (slow with v1) and the
+        // attach after the first answer, with messages left to refuse.
+        &[("COUNT", "200"), ("INTERVAL", "100ms"), ("TIMEOUT", "1s"), ("CONNECT", "once"), ("START_DELAY", "0")],
     );
     client.wait_line(|l| l.starts_with("message ") && l.contains(": ok "), Duration::from_secs(60));
     stack.up(&["pygocentrus"], &[("PYGOCENTRUS_ARGS", "--port 12345 --direction from --reset 100 --hook netlink")]);
@@ -52,7 +54,7 @@ fn echo_client_sees_resets_and_damaged_echoes() {
     let (status, report) = client.finish(Duration::from_secs(120));
     assert!(status.success(), "echo-client: {status}\n{report:#?}\nstderr: {errors:#?}");
     let seen = outcomes(&report);
-    assert_eq!(seen.len(), 80, "{report:#?}");
+    assert_eq!(seen.len(), 200, "{report:#?}");
     let first_failure = seen.iter().position(|o| o != "ok").unwrap_or_else(|| panic!("no failure:\n{report:#?}"));
     assert!(first_failure > 0, "the first message failed, before pygocentrus ran:\n{report:#?}");
     assert_eq!(seen[first_failure], "ECONNRESET", "the open connection was not reset:\n{report:#?}");
