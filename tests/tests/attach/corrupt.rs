@@ -47,11 +47,15 @@ fn corrupt_ipv6_is_a_header_error_at_the_receiver() {
 
 #[test]
 fn tcp_recovers_from_corrupt_20_by_retransmitting() {
-    // 8 MiB. veth carries GSO packets of up to 64 KiB, so a MiB can be as
-    // few as 16 packets (CI once saw 23 matched and none corrupted: 0.8^23 is
-    // 0.6%). 8 MiB is at least 128 packets: at 20% none corrupted has a
-    // chance of 0.8^128 < 1e-12.
-    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    // veth carries GSO packets of up to 64 KiB, so a MiB can be as few as
+    // 16 packets (CI once saw 23 matched and none corrupted in a 1 MiB
+    // transfer: 0.8^23 is 0.6%). So the stream goes a MiB at a time until
+    // the server's kernel has counted a checksum error, up to 16 MiB: at
+    // least 256 packets, none of them corrupted at 20% with a chance of
+    // 0.8^256 < 1e-24. Usually one or two MiB: each repaired loss can cost
+    // a retransmission timeout, which is slow under QEMU's emulation.
+    const CHUNK: u32 = 1 << 20;
+    const MAX_CHUNKS: u32 = 16;
     let (lab, client, server) = Lab::pair("csumtcp");
     let listener = tcp_listener(&server, false, PORT);
     // Connected before the tool runs, and only the data direction damaged:
@@ -62,30 +66,41 @@ fn tcp_recovers_from_corrupt_20_by_retransmitting() {
     // in milliseconds, at worst a few timeouts of 200 ms and up.
     let mut conn = tcp_connect(&client, server.addr(false, PORT), Duration::from_secs(10)).expect("connecting");
     let (mut accepted, _) = listener.accept().expect("accepting");
-    let tool = lab.attach(&rule("tcp", Some(server.ip(false)), args!["--direction", "to", "--corrupt", 20, "--json"]));
-    let (client_before, server_before) = (NetCounters::read(&client.ns), NetCounters::read(&server.ns));
-
     // Only keeps a broken run from hanging.
     let timeout = Some(Duration::from_secs(120));
-    let received = std::thread::scope(|s| {
-        let reader = s.spawn(|| {
-            accepted.set_read_timeout(timeout).expect("setting a read timeout");
-            let mut got = Vec::new();
-            accepted.read_to_end(&mut got).expect("reading what the client sent");
-            got
+    accepted.set_read_timeout(timeout).expect("setting a read timeout");
+    conn.set_write_timeout(timeout).expect("setting a write timeout");
+    let tool = lab.attach(&rule("tcp", Some(server.ip(false)), args!["--direction", "to", "--corrupt", 20, "--json"]));
+    let (client_before, server_before) = (NetCounters::read(&client.ns), NetCounters::read(&server.ns));
+    let csum_errors = || server_before.growth(&NetCounters::read(&server.ns), "IpExt:InCsumErrors");
+
+    let mut chunks = 0;
+    while chunks < MAX_CHUNKS && (chunks == 0 || csum_errors() == 0) {
+        let data: Vec<u8> =
+            (chunks * CHUNK..(chunks + 1) * CHUNK).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let reading = &mut accepted;
+        let received = std::thread::scope(|s| {
+            let len = data.len();
+            let reader = s.spawn(move || {
+                let mut got = vec![0u8; len];
+                reading.read_exact(&mut got).expect("reading what the client sent");
+                got
+            });
+            conn.write_all(&data).expect("sending");
+            reader.join().expect("the reader panicked")
         });
-        conn.set_write_timeout(timeout).expect("setting a write timeout");
-        conn.write_all(&data).expect("sending");
-        conn.shutdown(Shutdown::Write).expect("closing the sending side");
-        reader.join().expect("the reader panicked")
-    });
+        assert!(received == data, "TCP delivered bytes that differ from those sent in MiB {chunks}");
+        chunks += 1;
+    }
+    conn.shutdown(Shutdown::Write).expect("closing the sending side");
+    let mut rest = Vec::new();
+    accepted.read_to_end(&mut rest).expect("reading to the end");
+    assert!(rest.is_empty(), "{} bytes more than were sent", rest.len());
     let out = tool.terminate();
     let retrans = client_before.growth(&NetCounters::read(&client.ns), "Tcp:RetransSegs");
-    let csum_errors = server_before.growth(&NetCounters::read(&server.ns), "IpExt:InCsumErrors");
 
-    assert!(received == data, "TCP delivered {} bytes that differ from the {} sent", received.len(), data.len());
-    assert!(out.counter("corrupted") > 0, "nothing was corrupted: {out}");
-    assert!(csum_errors > 0, "the server's kernel saw no checksum error");
+    assert!(out.counter("corrupted") > 0, "nothing was corrupted in {chunks} MiB: {out}");
+    assert!(csum_errors() > 0, "the server's kernel saw no checksum error in {chunks} MiB");
     assert!(retrans > 0, "the client never retransmitted");
 }
 

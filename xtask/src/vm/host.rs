@@ -28,7 +28,8 @@ pub fn tool(name: &str) -> Result<PathBuf> {
         let package = match name {
             "qemu-system-x86_64" => "qemu-system-x86",
             "busybox" => "busybox-static",
-            "ip" | "tc" => "iproute2",
+            "ip" | "tc" | "bridge" => "iproute2",
+            "unshare" => "util-linux",
             "depmod" => "kmod",
             "xz" => "xz-utils",
             "dpkg-deb" => "dpkg",

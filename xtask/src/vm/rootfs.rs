@@ -23,7 +23,9 @@ const INIT: &str = include_str!("../../vm-guest/init");
 const RUN_TESTS: &str = include_str!("../../vm-guest/run-tests");
 
 /// Programs the tests and the guest scripts run; the guest gets the host's.
-const REQUIRED_TOOLS: [&str; 4] = ["bash", "ip", "tc", "bridge"];
+/// `unshare` is util-linux's: busybox's has no `--kill-child`, which the
+/// test of a run that was PID 1 in its namespace needs.
+const REQUIRED_TOOLS: [&str; 5] = ["bash", "ip", "tc", "bridge", "unshare"];
 /// Packed when the host has them: the not-root test runs the tool under
 /// `setpriv`; socat and iperf3 are the real peers tests may use; ping
 /// (iputils: busybox's rounds to 0.1 ms) is what `cargo xtask bench-vm`
