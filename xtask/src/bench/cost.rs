@@ -70,6 +70,9 @@ struct Case {
     method: Method,
     /// Subject to the "non-matching ≤ 15 ns above the floor" target.
     non_matching: bool,
+    /// Rules installed after the case's own, alike but for other addresses
+    /// (198.19.x.y, which the frame never carries): what more rules cost.
+    others: u32,
 }
 
 pub struct Settings {
@@ -117,6 +120,11 @@ fn cases() -> Vec<Case> {
         expect,
         method,
         non_matching,
+        others: 0,
+    };
+    let among = |others: u32, name| Case {
+        others,
+        ..case(name, Some(format!("{match_tcp} --drop 100")), &tcp, Expect::Dropped, Method::Repeat, false)
     };
     use Expect::*;
     use Method::*;
@@ -158,6 +166,8 @@ fn cases() -> Vec<Case> {
             false,
         ),
         case("drop 100", Some(format!("{match_tcp} --drop 100")), &tcp, Dropped, Repeat, false),
+        among(999, "drop 100, among 1 000 rules"),
+        among(9_999, "drop 100, among 10 000 rules"),
         case("corrupt 100", Some(format!("{match_tcp} --corrupt 100")), &tcp, Corrupted, Repeat, false),
         case(
             "corrupt-payload 100 (TCP)",
@@ -193,15 +203,23 @@ pub fn measure(s: &Settings) -> Result<Report> {
         let row = match &case.flags {
             None => run_case(&case, &noop, None, s)?,
             Some(flags) => {
-                let spec = rule_spec(flags)?;
-                let contents = Plan { rules: vec![spec] }.map_contents()?;
+                let mut rules = vec![rule_spec(flags)?];
+                for i in 0..case.others {
+                    let [_, _, c, d] = i.to_be_bytes();
+                    rules.push(rule_spec(&format!("--ip 198.19.{c}.{d} --port 5201 --proto tcp --drop 100"))?);
+                }
+                let contents = Plan { rules }.map_contents()?;
                 let mut engine = Engine::load().context("loading the classifier")?;
                 engine.install(&contents).context("filling the maps")?;
                 let before = engine.counters()?;
                 let prog = engine.program_mut(Hook::Egress)?;
                 let info = prog.info().context("reading pyg_egress's info")?;
                 (insns, jited) = (info.verified_instruction_count(), info.size_jitted());
-                let mut row = run_case(&case, prog, Some(flags), s)?;
+                let shown = match case.others {
+                    0 => format!("`{flags}`"),
+                    n => format!("`{flags}` and {n} like it for 198.19.x.y"),
+                };
+                let mut row = run_case(&case, prog, Some(&shown), s)?;
                 let after = engine.counters()?;
                 let (ok, what) = check_counters(case.expect, &before, &after, row.runs)?;
                 row.row.ok &= ok;
@@ -231,7 +249,9 @@ struct Measured {
     runs: u64,
 }
 
-fn run_case(case: &Case, prog: &SchedClassifier, flags: Option<&str>, s: &Settings) -> Result<Measured> {
+/// `rule`: the rule's flags as the report shows them (`None`: the empty
+/// classifier).
+fn run_case(case: &Case, prog: &SchedClassifier, rule: Option<&str>, s: &Settings) -> Result<Measured> {
     let frame = &case.frame.bytes;
     // One run with the packet copied out, to see what the program did to it.
     let mut out = vec![0u8; frame.len()];
@@ -270,13 +290,13 @@ fn run_case(case: &Case, prog: &SchedClassifier, flags: Option<&str>, s: &Settin
     Ok(Measured {
         row: Row {
             name: case.name,
-            rule: flags.map_or("—".to_owned(), |f| format!("`{f}`")),
+            rule: rule.map_or("—".to_owned(), str::to_owned),
             packet: case.frame.label.clone(),
             method: case.method,
             ns: median(&samples.iter().map(|&n| f64::from(n)).collect::<Vec<_>>()),
             min,
             max,
-            floor: flags.is_none(),
+            floor: rule.is_none(),
             above_floor: 0.0,
             check,
             ok,
