@@ -23,7 +23,7 @@ use crate::{
     guard::{Guard, GuardProgram},
     hooks::{self, Hooks, Method},
     netlink::{FqParams, Link, LinkEvent, Netlink, link_events},
-    plan::{Plan, RuleSpec, UsageError, endpoint_label},
+    plan::{MapContents, Plan, RuleSpec, UsageError, endpoint_label},
     privileges,
     schedule::Schedule,
     signals::Signals,
@@ -239,8 +239,9 @@ enum Scope {
 /// [`detach`]: Attachment::detach
 pub struct Attachment {
     plan: Plan,
-    /// The rule id of each rule of `plan`, in its order.
-    ids: Vec<u32>,
+    /// What `plan` wrote to the maps: each of its rules, in its order, with
+    /// the id the kernel counts it under.
+    contents: MapContents,
     engine: Engine,
     hooks: Hooks,
     nl: Netlink,
@@ -301,8 +302,7 @@ impl Attachment {
         fq: Option<FqParams>,
         guard: &GuardProgram,
     ) -> Result<Self> {
-        let ids: Vec<u32> = (1..=plan.rules.len() as u32).collect();
-        let contents = plan.map_contents_with_ids(&ids)?;
+        let contents = plan.map_contents()?;
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
         let (scope, links) = match target {
@@ -316,7 +316,7 @@ impl Attachment {
         };
         let hooks = Hooks::new(method, fq);
         let guard = if hooks.leaves_state() { Guard::spawn(guard, hooks.state_file())? } else { None };
-        let mut this = Self { plan, ids, engine, hooks, nl, scope, _guard: guard };
+        let mut this = Self { plan, contents, engine, hooks, nl, scope, _guard: guard };
         for link in &links {
             if let Err(e) = this.hooks.attach(&mut this.engine, &this.nl, link).await {
                 this.detach().await;
@@ -332,8 +332,8 @@ impl Attachment {
     }
 
     /// The kernel's id of each rule of the plan, in its order.
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.contents.rules.iter().map(|(id, _)| *id)
     }
 
     /// Whether the hooked ports have `fq`, which delays and rates need.
@@ -348,17 +348,16 @@ impl Attachment {
     /// new or changed rule starts from zero. Refused (and nothing changed)
     /// if the plan is invalid, or needs `fq` that the ports do not have.
     pub fn update(&mut self, plan: Plan) -> Result<(), UsageError> {
-        let ids = plan.stable_ids(&self.plan, &self.ids);
-        let new = plan.map_contents_with_ids(&ids)?;
+        let old_ids: Vec<u32> = self.ids().collect();
+        let new = plan.map_contents_with_ids(&plan.stable_ids(&self.plan, &old_ids))?;
         if plan.fq_params().is_some() && !self.has_fq() {
             return Err(UsageError::Kernel(
                 "delay and rate need the fq qdisc on the hooked ports, and this kernel has no sch_fq (modprobe sch_fq, then restart serve)".to_owned(),
             ));
         }
-        let old = self.plan.map_contents_with_ids(&self.ids)?;
-        self.engine.replace(&old, &new).map_err(|e| UsageError::Kernel(format!("updating the maps: {e}")))?;
+        self.engine.replace(&self.contents, &new).map_err(|e| UsageError::Kernel(format!("updating the maps: {e}")))?;
         self.plan = plan;
-        self.ids = ids;
+        self.contents = new;
         Ok(())
     }
 
@@ -375,7 +374,7 @@ impl Attachment {
     pub fn counters(&self) -> Result<Vec<Counters>> {
         let slots = self.engine.counters()?;
         let slot = |id: u32| slots.get(id as usize).copied().unwrap_or_default();
-        Ok(std::iter::once(0).chain(self.ids.iter().copied()).map(slot).collect())
+        Ok(std::iter::once(0).chain(self.ids()).map(slot).collect())
     }
 
     /// The counters with the rules they count.

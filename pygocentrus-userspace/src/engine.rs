@@ -240,25 +240,14 @@ impl Engine {
             && let Ok(cpus) = aya::util::nr_cpus()
             && let Ok(all) = batch::per_cpu_lookup::<Counters>(data.fd().as_fd(), slots, cpus)
         {
-            return Ok(all
-                .chunks(cpus)
-                .map(|per_cpu| {
-                    let mut sum = Counters::default();
-                    per_cpu.iter().for_each(|c| sum.add(c));
-                    sum
-                })
-                .collect());
+            return Ok(all.chunks(cpus).map(sum_cpus).collect());
         }
         let counters: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(map).map_err(|e| EngineError::Map(MAP_COUNTERS, e))?;
         (0..=self.rules)
             .map(|slot| {
                 let per_cpu = counters.get(&slot, 0).map_err(|e| EngineError::Map(MAP_COUNTERS, e))?;
-                let mut sum = Counters::default();
-                for c in per_cpu.iter() {
-                    sum.add(c);
-                }
-                Ok(sum)
+                Ok(sum_cpus(&per_cpu))
             })
             .collect()
     }
@@ -266,6 +255,13 @@ impl Engine {
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, EngineError> {
         self.ebpf.map_mut(name).ok_or(EngineError::MissingMap(name))
     }
+}
+
+/// One slot's counters, summed over the CPUs.
+fn sum_cpus(per_cpu: &[Counters]) -> Counters {
+    let mut sum = Counters::default();
+    per_cpu.iter().for_each(|c| sum.add(c));
+    sum
 }
 
 /// `BPF_MAP_LOOKUP_BATCH` on a per-CPU array, which aya 0.14 does not offer.

@@ -108,7 +108,7 @@ pub async fn live(
                     let _ = reply.send(outcome);
                 }
                 Some(EngineRequest::Counters(reply)) => {
-                    let tally = attachment.counters().map(|slots| Tally { ids: attachment.ids().to_vec(), slots });
+                    let tally = attachment.counters().map(|slots| Tally { ids: attachment.ids().collect(), slots });
                     let _ = reply.send(tally.map_err(|e| format!("{e:#}")));
                 }
             },

@@ -36,9 +36,14 @@ const PACE: Duration = Duration::from_millis(1);
 /// into it (autocorking) when the previous one is still queued.
 const SLACK: usize = 16 * CHUNK;
 
-/// The client's count of SYNs sent again (none if the connect gave up in
-/// time).
-const SYN_RETRIES: &str = "TcpExt:TCPSynRetrans";
+/// Runs `connect` and returns what it returned, with how many SYNs the
+/// client's kernel sent again meanwhile (`TcpExt:TCPSynRetrans`; none if
+/// every connect gave up in time).
+fn counting_syn_retries<T>(client: &Container, connect: impl FnOnce() -> T) -> (T, u64) {
+    let before = NetCounters::read(&client.ns);
+    let out = connect();
+    (out, before.growth(&NetCounters::read(&client.ns), "TcpExt:TCPSynRetrans"))
+}
 
 fn timed_out(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
@@ -85,12 +90,12 @@ fn per_connection_drop_50_fails_whole_connections() {
 
     // All connects at once: the failing ones each wait CONNECT_GIVE_UP.
     let to = server.addr(false, PORT);
-    let before = NetCounters::read(&client.ns);
-    let results: Vec<io::Result<TcpStream>> = thread::scope(|s| {
-        let tries: Vec<_> = (0..N).map(|_| s.spawn(|| tcp_connect(&client, to, CONNECT_GIVE_UP))).collect();
-        tries.into_iter().map(|t| t.join().expect("a connect thread panicked")).collect()
+    let (results, syn_retries): (Vec<io::Result<TcpStream>>, _) = counting_syn_retries(&client, || {
+        thread::scope(|s| {
+            let tries: Vec<_> = (0..N).map(|_| s.spawn(|| tcp_connect(&client, to, CONNECT_GIVE_UP))).collect();
+            tries.into_iter().map(|t| t.join().expect("a connect thread panicked")).collect()
+        })
     });
-    let syn_retries = before.growth(&NetCounters::read(&client.ns), SYN_RETRIES);
     let half_open = half_open(&server.ns, PORT);
     let (mut up, mut failed) = (Vec::new(), 0);
     for r in results {
@@ -352,9 +357,7 @@ fn tcp_flags_syn_drop_100_stops_new_connections_only() {
     echo.set_read_timeout(Some(ANSWER)).expect("setting a timeout");
     let tool = lab.attach(&rule("tcp", None, args!["--tcp-flags", "syn", "--drop", 100, "--json"]));
 
-    let before = NetCounters::read(&client.ns);
-    let refused = tcp_connect(&client, to, CONNECT_GIVE_UP);
-    let syn_retries = before.growth(&NetCounters::read(&client.ns), SYN_RETRIES);
+    let (refused, syn_retries) = counting_syn_retries(&client, || tcp_connect(&client, to, CONNECT_GIVE_UP));
     let kept: io::Result<()> = (0..10u8).try_for_each(|i| round_trip(&mut open, &mut echo, &[i; 1000]));
     let out = tool.terminate();
 
@@ -420,9 +423,7 @@ fn tcp_flags_syn_only_takes_connection_attempts_and_not_their_answers() {
             None,
             args!["--direction", direction, "--tcp-flags", flags, "--drop", 100, "--json"],
         ));
-        let before = NetCounters::read(&client.ns);
-        let got = tcp_connect(&client, to, CONNECT_GIVE_UP);
-        let syn_retries = before.growth(&NetCounters::read(&client.ns), SYN_RETRIES);
+        let (got, syn_retries) = counting_syn_retries(&client, || tcp_connect(&client, to, CONNECT_GIVE_UP));
         let out = tool.terminate();
         while listener.accept().is_ok() {}
         (got, out.counter("dropped").saturating_sub(syn_retries))
