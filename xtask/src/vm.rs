@@ -129,7 +129,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
 /// pygocentrus and the test programs, built (and stripped of debug info,
 /// which only makes the initramfs bigger) for the guest.
 fn payload(args: &VmTestArgs, workspace: &Path, work: &Path) -> Result<Payload> {
-    let (bin_dir, pygocentrus) = build_pygocentrus(workspace, work)?;
+    let (bin_dir, pygocentrus) = build_pygocentrus(workspace, work, Profile::Dev)?;
 
     let tests = if args.smoke {
         vec![TestProgram { name: "smoke".to_owned(), source: TestSource::Script(SMOKE) }]
@@ -169,10 +169,23 @@ fn prepare(label: &str, work: &str) -> Result<(PathBuf, PathBuf, Vec<kernel::Ker
 
 /// Builds pygocentrus (the dev profile: the eBPF program in it is optimized
 /// either way) and returns `WORK/bin` and a slim copy of it there.
-fn build_pygocentrus(workspace: &Path, work: &Path) -> Result<(PathBuf, PathBuf)> {
+/// Which cargo profile [`build_pygocentrus`] builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Profile {
+    /// The one the integration tests run (`scripts/test`).
+    Dev,
+    /// The one a user runs, and the benchmarks.
+    Release,
+}
+
+fn build_pygocentrus(workspace: &Path, work: &Path, profile: Profile) -> Result<(PathBuf, PathBuf)> {
     let bin_dir = work.join("bin");
     fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
-    let built = cargo_executables(workspace, &["build", "-p", "pygocentrus-userspace", "--bin", "pygocentrus"])?;
+    let mut args = vec!["build", "-p", "pygocentrus-userspace", "--bin", "pygocentrus"];
+    if profile == Profile::Release {
+        args.push("--release");
+    }
+    let built = cargo_executables(workspace, &args)?;
     let (_, pygocentrus) = built.into_iter().next().context("cargo built no pygocentrus executable")?;
     let pygocentrus = slim(&pygocentrus, &bin_dir.join("pygocentrus"))?;
     Ok((bin_dir, pygocentrus))

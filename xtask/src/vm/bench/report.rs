@@ -99,6 +99,7 @@ fn kernel_section(o: &mut String, run: &KernelRun) -> fmt::Result {
     writeln!(o)?;
 
     ping.write(o)?;
+    paired_ping(o, r)?;
     tput_table(o, r)?;
     sweep.write(o)?;
     for (case, why) in &r.skipped {
@@ -164,6 +165,26 @@ impl PingTable {
         }
         writeln!(o)
     }
+}
+
+/// pygocentrus's RTT minus netem's, round by round, with its standard
+/// error: how far apart the two delays are, beside how much that moves.
+fn paired_ping(o: &mut String, r: &Results) -> fmt::Result {
+    let d = r.paired_ping_differences("pyg", "netem");
+    let n = d.len();
+    if n < 2 {
+        return Ok(());
+    }
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let se = (var / n as f64).sqrt();
+    let (lo, hi) = d.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    writeln!(
+        o,
+        "pygocentrus's mean RTT minus netem's, round by round (each round runs bare, pygocentrus and netem \
+         back to back): {mean:+.3} ms on average over {n} rounds, standard error {se:.3} ms, rounds from \
+         {lo:+.2} to {hi:+.2} ms.\n"
+    )
 }
 
 fn runs(v: &[f64]) -> String {
@@ -328,6 +349,29 @@ BENCH tput netem-filters 10000 1 100 0
         assert!(md.contains("worst -2.0% (at 10000 rules) | yes |"), "{md}");
         assert!(md.contains("ACK path | not measured: no runs | **no** |"), "{md}");
         assert!(md.contains("| 10000 | 980 (980–980) | 0.980 | — | — | 100 (100–100) | 0.100 | — |"), "{md}");
+    }
+
+    #[test]
+    fn the_ping_difference_is_paired_by_round() {
+        // Round 2 is slower for everyone by 1 ms: the pairing leaves it out.
+        let console = "\
+BENCH ping base 1 0.5
+BENCH ping pyg 1 20.6 20.6
+BENCH ping netem 1 20.5
+BENCH ping netem 2 21.5 21.5
+BENCH ping pyg 2 21.8
+BENCH ping pyg 3 21.0
+";
+        let r = parse(console).unwrap();
+        let d = r.paired_ping_differences("pyg", "netem");
+        assert_eq!(d.len(), 2, "round 3 has no netem run: {d:?}");
+        assert!((d[0] - 0.1).abs() < 1e-9 && (d[1] - 0.3).abs() < 1e-9, "{d:?}");
+        let mut o = String::new();
+        paired_ping(&mut o, &r).unwrap();
+        assert!(
+            o.contains("+0.200 ms on average over 2 rounds, standard error 0.100 ms, rounds from +0.10 to +0.30"),
+            "{o}"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 pub struct Results {
     /// RTTs in ms by case (`base`, `pyg`, `netem`), all rounds together.
     pub ping: BTreeMap<String, Vec<f64>>,
+    /// The same RTTs by (case, round).
+    pub ping_rounds: BTreeMap<(String, u32), Vec<f64>>,
     pub tput: Vec<Tput>,
     /// Seconds taken to install the rules, by (case, rule count), per run.
     pub setup: BTreeMap<(String, u32), Vec<f64>>,
@@ -55,10 +57,11 @@ fn parse_line(r: &mut Results, line: &str) -> Result<()> {
     match kind {
         "ping" => {
             let case = next("case")?.to_owned();
-            let _round: u32 = next("round")?.parse().context("round")?;
+            let round: u32 = next("round")?.parse().context("round")?;
             let rtts =
                 words.map(|w| w.parse::<f64>().with_context(|| format!("RTT {w}"))).collect::<Result<Vec<_>>>()?;
-            r.ping.entry(case).or_default().extend(rtts);
+            r.ping.entry(case.clone()).or_default().extend(&rtts);
+            r.ping_rounds.entry((case, round)).or_default().extend(rtts);
         }
         "tput" => {
             let case = next("case")?.to_owned();
@@ -90,6 +93,21 @@ fn parse_line(r: &mut Results, line: &str) -> Result<()> {
 }
 
 impl Results {
+    /// The mean RTT of case `a` minus that of case `b`, round by round
+    /// (rounds where both have replies): each round runs its cases back to
+    /// back, so the difference leaves out what changed between rounds.
+    pub fn paired_ping_differences(&self, a: &str, b: &str) -> Vec<f64> {
+        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        self.ping_rounds
+            .iter()
+            .filter(|((case, _), v)| case == a && !v.is_empty())
+            .filter_map(|((_, round), va)| {
+                let vb = self.ping_rounds.get(&(b.to_owned(), *round)).filter(|v| !v.is_empty())?;
+                Some(mean(va) - mean(vb))
+            })
+            .collect()
+    }
+
     /// The throughput runs of one case and rule count, in Mbit/s.
     pub fn mbits(&self, case: &str, rules: u32) -> Vec<f64> {
         self.tput.iter().filter(|t| t.case == case && t.rules == rules).map(|t| t.mbit).collect()
