@@ -167,9 +167,8 @@ fn prepare(label: &str, work: &str) -> Result<(PathBuf, PathBuf, Vec<kernel::Ker
     Ok((workspace, work, kernels))
 }
 
-/// Builds pygocentrus (the dev profile: the eBPF program in it is optimized
-/// either way) and returns `WORK/bin` and a slim copy of it there.
-/// Which cargo profile [`build_pygocentrus`] builds.
+/// Which cargo profile [`build_pygocentrus`] builds (the eBPF program in it
+/// is optimized either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Profile {
     /// The one the integration tests run (`scripts/test`).
@@ -178,6 +177,7 @@ enum Profile {
     Release,
 }
 
+/// Builds pygocentrus and returns `WORK/bin` and a slim copy of it there.
 fn build_pygocentrus(workspace: &Path, work: &Path, profile: Profile) -> Result<(PathBuf, PathBuf)> {
     let bin_dir = work.join("bin");
     fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;

@@ -171,14 +171,10 @@ impl PingTable {
 /// error: how far apart the two delays are, beside how much that moves.
 fn paired_ping(o: &mut String, r: &Results) -> fmt::Result {
     let d = r.paired_ping_differences("pyg", "netem");
-    let n = d.len();
-    if n < 2 {
+    let Some(Stats { n, mean, stddev, min: lo, max: hi, .. }) = Stats::of(&d).filter(|s| s.n >= 2) else {
         return Ok(());
-    }
-    let mean = d.iter().sum::<f64>() / n as f64;
-    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    let se = (var / n as f64).sqrt();
-    let (lo, hi) = d.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    };
+    let se = stddev / (n as f64).sqrt();
     writeln!(
         o,
         "pygocentrus's mean RTT minus netem's, round by round (each round runs bare, pygocentrus and netem \

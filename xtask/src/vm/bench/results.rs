@@ -97,14 +97,11 @@ impl Results {
     /// (rounds where both have replies): each round runs its cases back to
     /// back, so the difference leaves out what changed between rounds.
     pub fn paired_ping_differences(&self, a: &str, b: &str) -> Vec<f64> {
-        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        let mean = |v: &Vec<f64>| Stats::of(v).map(|s| s.mean);
         self.ping_rounds
             .iter()
-            .filter(|((case, _), v)| case == a && !v.is_empty())
-            .filter_map(|((_, round), va)| {
-                let vb = self.ping_rounds.get(&(b.to_owned(), *round)).filter(|v| !v.is_empty())?;
-                Some(mean(va) - mean(vb))
-            })
+            .filter(|((case, _), _)| case == a)
+            .filter_map(|((_, round), va)| Some(mean(va)? - mean(self.ping_rounds.get(&(b.to_owned(), *round))?)?))
             .collect()
     }
 
