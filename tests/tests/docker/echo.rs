@@ -60,7 +60,18 @@ fn echo_client_sees_resets_and_damaged_echoes() {
     assert_eq!(seen[first_failure], "ECONNRESET", "the open connection was not reset:\n{report:#?}");
     let after = &seen[first_failure + 1..];
     assert!(!after.is_empty(), "pygocentrus attached too late to see new connections:\n{report:#?}");
-    assert!(after.iter().all(|o| o == "ECONNREFUSED"), "after the reset:\n{report:#?}");
+    // Every connect after it fails. Most are refused; a few may time out
+    // instead: the server keeps each refused attempt half-open (SYN-RECV)
+    // for about a minute, and when the client picks one of those source
+    // ports again, the server answers its SYN with an ACK of the old
+    // attempt, which becomes a reset the client rejects (README, --reset).
+    // Seen: 2 in 171 in CI, 1 in 600 in a lab at this pace; up to 1 in 10
+    // is allowed, far below what a reset that did not happen would give.
+    let refused = after.iter().filter(|o| *o == "ECONNREFUSED").count();
+    let timeouts = after.iter().filter(|o| *o == "timeout").count();
+    let unusual: Vec<_> = report.iter().filter(|l| !l.contains(": ok ") && !l.contains(": ECONNREFUSED ")).collect();
+    assert_eq!(refused + timeouts, after.len(), "after the reset, not refused nor timed out:\n{unusual:#?}");
+    assert!(timeouts * 10 <= after.len(), "after the reset, too many timeouts:\n{unusual:#?}");
 
     stack.stop("pygocentrus");
     let log = logs(&id);
