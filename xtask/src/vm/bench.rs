@@ -32,6 +32,9 @@ const GUEST_SCRIPT: &str = include_str!("../../vm-guest/netem-bench");
 
 /// The delays the issue compares at: 20 ms for ping, 10 ms for iperf3.
 pub const PING_DELAY_MS: u32 = 20;
+/// The same ping faults again at 1 µs: what each mechanism costs a packet
+/// besides the delay itself (the `*-floor` cases).
+pub const FLOOR_DELAY_US: u32 = 1;
 pub const TPUT_DELAY_MS: u32 = 10;
 
 #[derive(Debug, Args)]
@@ -39,7 +42,7 @@ pub struct BenchVmArgs {
     /// Which kernel to boot: 6.1 (netlink clsact fallback), 6.12 (TCX) or all.
     #[arg(long, default_value = "6.12", value_parser = ["6.1", "6.12", "all"])]
     kernel: String,
-    /// Ping round trips per case (bare, pygocentrus, netem).
+    /// Ping round trips per case (bare; pygocentrus and netem at 20 ms and at 1 µs).
     #[arg(long, default_value_t = 200)]
     samples: u32,
     /// Seconds between echo requests.
@@ -48,10 +51,15 @@ pub struct BenchVmArgs {
     /// Seconds of each iperf3 run (one more is run and left out).
     #[arg(long, default_value_t = 10)]
     secs: u32,
-    /// Rounds: the ping samples are split over them, and every iperf3 case
-    /// runs once per round; the order of the cases flips each round.
+    /// Rounds of the iperf3 part: every case runs once per round; the order
+    /// of the cases flips each round.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Rounds of the ping part: its samples are split over them, and each
+    /// runs every case back to back, so that pygocentrus and netem are
+    /// compared round by round (a round costs only its pings).
+    #[arg(long, default_value_t = 10)]
+    ping_rounds: u32,
     /// Rule counts to measure throughput with (pygocentrus rules, netem u32
     /// filters), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
@@ -75,7 +83,7 @@ pub struct BenchVmArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
-    /// The ping RTTs: bare, pygocentrus's delay, netem's.
+    /// The ping RTTs: bare, pygocentrus's delay, netem's (at 20 ms and 1 µs).
     Ping,
     /// The iperf3 runs, with and without rules.
     Throughput,
@@ -92,11 +100,11 @@ impl Part {
 
 impl BenchVmArgs {
     fn check(&self) -> Result<()> {
-        if self.samples == 0 || self.secs == 0 || self.rounds == 0 || self.rules.is_empty() {
-            bail!("--samples, --secs, --rounds and --rules must be at least 1");
+        if self.samples == 0 || self.secs == 0 || self.rounds == 0 || self.ping_rounds == 0 || self.rules.is_empty() {
+            bail!("--samples, --secs, --rounds, --ping-rounds and --rules must be at least 1");
         }
-        if self.samples < self.rounds {
-            bail!("--samples must be at least --rounds (the samples are split over the rounds)");
+        if self.samples < self.ping_rounds {
+            bail!("--samples must be at least --ping-rounds (the samples are split over them)");
         }
         if !(0.002..=1.0).contains(&self.interval) {
             bail!("--interval must be between 0.002 and 1 second");
@@ -115,8 +123,10 @@ impl BenchVmArgs {
         let rules = rules.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         vec![
             format!("samples={}", self.samples),
+            format!("ping_rounds={}", self.ping_rounds),
             format!("interval={}", self.interval),
             format!("ping_delay={PING_DELAY_MS}ms"),
+            format!("floor_delay={FLOOR_DELAY_US}us"),
             format!("secs={}", self.secs),
             format!("rounds={}", self.rounds),
             format!("tput_delay={TPUT_DELAY_MS}ms"),
@@ -179,6 +189,7 @@ pub fn run(args: &BenchVmArgs) -> Result<()> {
         interval: args.interval,
         secs: args.secs,
         rounds: args.rounds,
+        ping_rounds: args.ping_rounds,
         cpus: args.cpus,
         memory_mib: args.memory,
     };
@@ -214,8 +225,10 @@ mod tests {
             cli.args.guest_args(),
             [
                 "samples=200",
+                "ping_rounds=10",
                 "interval=0.02",
                 "ping_delay=20ms",
+                "floor_delay=1us",
                 "secs=10",
                 "rounds=3",
                 "tput_delay=10ms",

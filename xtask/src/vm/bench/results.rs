@@ -8,9 +8,8 @@ use anyhow::{Context, Result, bail};
 /// What the guest script printed (see `xtask/vm-guest/netem-bench`).
 #[derive(Debug, Default)]
 pub struct Results {
-    /// RTTs in ms by case (`base`, `pyg`, `netem`), all rounds together.
-    pub ping: BTreeMap<String, Vec<f64>>,
-    /// The same RTTs by (case, round).
+    /// RTTs in ms by (case, round); cases: `base`, `pyg`, `netem`,
+    /// `pyg-floor`, `netem-floor`.
     pub ping_rounds: BTreeMap<(String, u32), Vec<f64>>,
     pub tput: Vec<Tput>,
     /// Seconds taken to install the rules, by (case, rule count), per run.
@@ -44,7 +43,7 @@ pub fn parse(console: &str) -> Result<Results> {
         let rest = &line[at + MARK.len()..];
         parse_line(&mut r, rest).with_context(|| format!("console line {}: {line}", i + 1))?;
     }
-    if r.ping.is_empty() && r.tput.is_empty() {
+    if r.ping_rounds.is_empty() && r.tput.is_empty() {
         bail!("the guest printed no measurement");
     }
     Ok(r)
@@ -60,7 +59,6 @@ fn parse_line(r: &mut Results, line: &str) -> Result<()> {
             let round: u32 = next("round")?.parse().context("round")?;
             let rtts =
                 words.map(|w| w.parse::<f64>().with_context(|| format!("RTT {w}"))).collect::<Result<Vec<_>>>()?;
-            r.ping.entry(case.clone()).or_default().extend(&rtts);
             r.ping_rounds.entry((case, round)).or_default().extend(rtts);
         }
         "tput" => {
@@ -93,15 +91,26 @@ fn parse_line(r: &mut Results, line: &str) -> Result<()> {
 }
 
 impl Results {
-    /// The mean RTT of case `a` minus that of case `b`, round by round
-    /// (rounds where both have replies): each round runs its cases back to
-    /// back, so the difference leaves out what changed between rounds.
-    pub fn paired_ping_differences(&self, a: &str, b: &str) -> Vec<f64> {
-        let mean = |v: &Vec<f64>| Stats::of(v).map(|s| s.mean);
-        self.ping_rounds
-            .iter()
-            .filter(|((case, _), _)| case == a)
-            .filter_map(|((_, round), va)| Some(mean(va)? - mean(self.ping_rounds.get(&(b.to_owned(), *round))?)?))
+    /// Every RTT of `case`, its rounds in order.
+    pub fn ping(&self, case: &str) -> Vec<f64> {
+        self.ping_rounds.iter().filter(|((c, _), _)| c == case).flat_map(|(_, v)| v.iter().copied()).collect()
+    }
+
+    /// Round by round, the mean RTTs of the cases in `plus` summed, minus
+    /// those of the cases in `minus` (rounds where every one of them has
+    /// replies): each round runs its cases back to back, so the difference
+    /// leaves out what changed between rounds.
+    pub fn paired_ping(&self, plus: &[&str], minus: &[&str]) -> Vec<f64> {
+        let mean = |case: &str, round: u32| Stats::of(self.ping_rounds.get(&(case.to_owned(), round))?).map(|s| s.mean);
+        let mut rounds: Vec<u32> = self.ping_rounds.keys().map(|(_, round)| *round).collect();
+        rounds.sort_unstable();
+        rounds.dedup();
+        rounds
+            .into_iter()
+            .filter_map(|round| {
+                let sum = |cases: &[&str]| cases.iter().map(|c| mean(c, round)).sum::<Option<f64>>();
+                Some(sum(plus)? - sum(minus)?)
+            })
             .collect()
     }
 
@@ -196,8 +205,8 @@ BENCH skip pyg-rules this pygocentrus has no attach --config
     #[test]
     fn console_lines_become_results() {
         let r = parse(CONSOLE).unwrap();
-        assert_eq!(r.ping["base"], [1.5, 1.7, 1.6, 1.6]);
-        assert_eq!(r.ping["pyg"], [21.6, 21.4]);
+        assert_eq!(r.ping("base"), [1.5, 1.7, 1.6, 1.6]);
+        assert_eq!(r.ping("pyg"), [21.6, 21.4]);
         assert_eq!(r.mbits("pyg", 1), [2100.5]);
         assert_eq!(r.retransmits("netem-filters", 1), [12.0]);
         assert_eq!(r.rule_counts("netem-filters"), [1, 1000]);
