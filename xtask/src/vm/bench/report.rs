@@ -380,6 +380,18 @@ mod tests {
         }
     }
 
+    /// The report of one 6.12 run whose guest printed `console`.
+    fn report_of(console: &str) -> String {
+        let run = KernelRun {
+            label: "6.12",
+            release: "6.12.0".into(),
+            hook: "TCX links",
+            seconds: 1.0,
+            results: parse(console).unwrap(),
+        };
+        markdown(&machine(), "cargo xtask bench-vm", &settings(), &[run]).unwrap()
+    }
+
     fn settings() -> Settings {
         Settings { samples: 4, interval: 0.02, secs: 10, rounds: 2, ping_rounds: 2, cpus: 2, memory_mib: 2048 }
     }
@@ -398,14 +410,7 @@ BENCH tput pyg-rules 10000 1 980 0
 BENCH tput netem-filters 1 1 1000 0
 BENCH tput netem-filters 10000 1 100 0
 ";
-        let run = KernelRun {
-            label: "6.12",
-            release: "6.12.0".into(),
-            hook: "TCX links",
-            seconds: 100.0,
-            results: parse(console).unwrap(),
-        };
-        let md = markdown(&machine(), "cargo xtask bench-vm", &settings(), &[run]).unwrap();
+        let md = report_of(console);
         // One round: no pairing, the errors themselves are compared.
         assert!(md.contains("pygocentrus +0.000 ms, netem +0.500 ms | yes |"), "{md}");
         assert!(md.contains("the delay alone | not measured | **no** |"), "{md}");
@@ -453,14 +458,7 @@ BENCH ping netem 2 20.7
 BENCH ping pyg-floor 2 0.8
 BENCH ping netem-floor 2 0.6
 ";
-        let run = KernelRun {
-            label: "6.12",
-            release: "6.12.0".into(),
-            hook: "TCX links",
-            seconds: 1.0,
-            results: parse(console).unwrap(),
-        };
-        let md = markdown(&machine(), "cargo xtask bench-vm", &settings(), &[run]).unwrap();
+        let md = report_of(console);
         assert!(
             md.contains(
                 "pygocentrus +0.300 ms, netem +0.150 ms; pygocentrus − netem paired by round +0.150 ms \
@@ -482,14 +480,7 @@ BENCH ping netem-floor 2 0.6
     #[test]
     fn a_skipped_sweep_is_not_met() {
         let console = "BENCH ping base 1 1.0\nBENCH ping pyg 1 21.0\nBENCH skip pyg-rules no attach --config\n";
-        let run = KernelRun {
-            label: "6.1",
-            release: "6.1.0".into(),
-            hook: "netlink",
-            seconds: 1.0,
-            results: parse(console).unwrap(),
-        };
-        let md = markdown(&machine(), "cargo xtask bench-vm", &settings(), &[run]).unwrap();
+        let md = report_of(console);
         assert!(md.contains("not measured: no attach --config | **no** |"), "{md}");
         assert!(md.contains("not measured | **no** |"), "{md}");
     }
