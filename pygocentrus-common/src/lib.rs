@@ -11,8 +11,11 @@
 //! counts what it did in [`Counters`].
 #![no_std]
 
+pub mod counters;
 pub mod csum;
 pub mod decide;
+
+pub use counters::{COUNTER_KINDS, Counter, Counters, Tally};
 
 /// Name of the ingress classifier in the object file.
 pub const PROG_INGRESS: &str = "pyg_ingress";
@@ -322,64 +325,6 @@ pub enum Action {
     Rate = 12,
     /// Whether a FIN is held back.
     FinDelay = 13,
-}
-
-/// Per-rule counters, one per CPU, summed by userspace. Slot 0 holds the
-/// program's totals (`seen` = every packet the classifier ran on).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Packets whose address and port matched the rule's target.
-    pub seen: u64,
-    /// ... and whose protocol and direction matched: the ones the dice ran on.
-    pub matched: u64,
-    /// Matched packets that left untouched.
-    pub passed: u64,
-    pub dropped: u64,
-    pub corrupted: u64,
-    pub corrupted_payload: u64,
-    pub reset: u64,
-    /// Packets given a later departure time by the delay.
-    pub delayed: u64,
-    /// Copies sent.
-    pub duplicated: u64,
-    /// Packets held back by the rate limit.
-    pub rate_limited: u64,
-    /// Packets dropped because their connection is unplugged.
-    pub unplugged: u64,
-}
-
-impl Counters {
-    pub fn add(&mut self, other: &Self) {
-        self.seen += other.seen;
-        self.matched += other.matched;
-        self.passed += other.passed;
-        self.dropped += other.dropped;
-        self.corrupted += other.corrupted;
-        self.corrupted_payload += other.corrupted_payload;
-        self.reset += other.reset;
-        self.delayed += other.delayed;
-        self.duplicated += other.duplicated;
-        self.rate_limited += other.rate_limited;
-        self.unplugged += other.unplugged;
-    }
-
-    /// What was counted since `before` (a snapshot of the same counters).
-    pub fn since(&self, before: &Self) -> Self {
-        Self {
-            seen: self.seen.wrapping_sub(before.seen),
-            matched: self.matched.wrapping_sub(before.matched),
-            passed: self.passed.wrapping_sub(before.passed),
-            dropped: self.dropped.wrapping_sub(before.dropped),
-            corrupted: self.corrupted.wrapping_sub(before.corrupted),
-            corrupted_payload: self.corrupted_payload.wrapping_sub(before.corrupted_payload),
-            reset: self.reset.wrapping_sub(before.reset),
-            delayed: self.delayed.wrapping_sub(before.delayed),
-            duplicated: self.duplicated.wrapping_sub(before.duplicated),
-            rate_limited: self.rate_limited.wrapping_sub(before.rate_limited),
-            unplugged: self.unplugged.wrapping_sub(before.unplugged),
-        }
-    }
 }
 
 /// Config flag: the program is attached to the ports of a bridge. Packets

@@ -406,23 +406,6 @@ async fn delete_rule(AxState(s): AxState<Shared>, Path(name): Path<String>) -> A
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// The counters of a rule as (name, value) pairs, in the order shown.
-fn counter_fields(c: &Counters) -> [(&'static str, u64); 11] {
-    [
-        ("seen", c.seen),
-        ("matched", c.matched),
-        ("passed", c.passed),
-        ("dropped", c.dropped),
-        ("corrupted", c.corrupted),
-        ("corrupted_payload", c.corrupted_payload),
-        ("reset", c.reset),
-        ("delayed", c.delayed),
-        ("duplicated", c.duplicated),
-        ("rate_limited", c.rate_limited),
-        ("unplugged", c.unplugged),
-    ]
-}
-
 /// The rules in force, whose they are, and their counters since each was
 /// last changed.
 async fn status(AxState(s): AxState<Shared>) -> ApiResult {
@@ -437,8 +420,8 @@ async fn status(AxState(s): AxState<Shared>) -> ApiResult {
             let id = ids.get(i).copied().unwrap_or_default();
             let mut v = json!({"id": id, "owner": owner, "rule": r.to_string()});
             if let Some(c) = slots.get(i + 1) {
-                for (k, n) in counter_fields(c) {
-                    v[k] = json!(n);
+                for (k, n) in c.iter() {
+                    v[k.name()] = json!(n);
                 }
             }
             v
@@ -467,9 +450,9 @@ async fn metrics(AxState(s): AxState<Shared>) -> ApiResult {
     let family = Family::<RuleLabels, Counter<u64>>::default();
     for (i, (r, owner)) in plan.rules.iter().zip(&owners).enumerate() {
         let (Some(c), Some(id)) = (slots.get(i + 1), ids.get(i)) else { continue };
-        for (event, n) in counter_fields(c) {
+        for (event, n) in c.iter() {
             let labels =
-                RuleLabels { id: u64::from(*id), owner: owner.clone(), rule: r.to_string(), event: event.to_owned() };
+                RuleLabels { id: u64::from(*id), owner: owner.clone(), rule: r.to_string(), event: event.name().to_owned() };
             family.get_or_create(&labels).inc_by(n);
         }
     }

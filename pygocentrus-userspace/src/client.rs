@@ -5,6 +5,7 @@ use anyhow::{Context as _, Result, bail};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode, body::Bytes, header};
 use hyper_util::rt::TokioIo;
+use pygocentrus_common::Counter;
 use serde_json::Value;
 
 use crate::{
@@ -86,21 +87,8 @@ pub async fn status(args: ClientArgs) -> Result<()> {
             r["owner"].as_str().unwrap_or_default(),
             r["rule"].as_str().unwrap_or_default()
         );
-        let counters: Vec<String> = [
-            "seen",
-            "matched",
-            "passed",
-            "dropped",
-            "corrupted",
-            "corrupted_payload",
-            "reset",
-            "delayed",
-            "duplicated",
-            "rate_limited",
-        ]
-        .iter()
-        .map(|k| format!("{} {}", k.replace('_', "-"), r[*k]))
-        .collect();
+        let counters: Vec<String> =
+            Counter::ALL.iter().map(|k| format!("{} {}", k.label(), r[k.name()])).collect();
         println!("  {}", counters.join(" "));
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pygocentrus_common::Counters;
+use pygocentrus_common::{Counter, Counters};
 use serde_json::{Value, json};
 
 use crate::plan::RuleSpec;
@@ -103,21 +103,11 @@ impl Snapshot<'_> {
         let rules: Vec<Value> = self
             .per_rule()
             .map(|(id, c, r)| {
-                json!({
-                    "id": id,
-                    "rule": r.to_string(),
-                    "seen": c.seen,
-                    "matched": c.matched,
-                    "passed": c.passed,
-                    "dropped": c.dropped,
-                    "corrupted": c.corrupted,
-                    "corrupted_payload": c.corrupted_payload,
-                    "reset": c.reset,
-                    "delayed": c.delayed,
-                    "duplicated": c.duplicated,
-                    "rate_limited": c.rate_limited,
-                    "unplugged": c.unplugged,
-                })
+                let mut v = json!({"id": id, "rule": r.to_string()});
+                for (k, n) in c.iter() {
+                    v[k.name()] = json!(n);
+                }
+                v
             })
             .collect();
         json!({
@@ -132,15 +122,16 @@ impl Snapshot<'_> {
 /// ` | rule 3: seen ... reset 0`, with the flow-fault and delay-family
 /// counters only when the rule has them, to keep the line short.
 fn rule_text(id: usize, c: &Counters, r: &RuleSpec) -> String {
-    let mut s = format!(
-        " | rule {id}: seen {} matched {} passed {} dropped {} corrupted {} corrupted-payload {} reset {}",
-        c.seen, c.matched, c.passed, c.dropped, c.corrupted, c.corrupted_payload, c.reset
-    );
-    if c.unplugged != 0 || r.faults.unplug_after.is_some() {
-        s.push_str(&format!(" unplugged {}", c.unplugged));
-    }
-    if c.delayed + c.duplicated + c.rate_limited != 0 || r.faults.schedules() || r.faults.duplicate.is_some() {
-        s.push_str(&format!(" delayed {} duplicated {} rate-limited {}", c.delayed, c.duplicated, c.rate_limited));
+    let shown = |k: Counter| match k {
+        Counter::Unplugged => c.unplugged != 0 || r.faults.unplug_after.is_some(),
+        Counter::Delayed | Counter::Duplicated | Counter::RateLimited => {
+            c.delayed + c.duplicated + c.rate_limited != 0 || r.faults.schedules() || r.faults.duplicate.is_some()
+        }
+        _ => true,
+    };
+    let mut s = format!(" | rule {id}:");
+    for (k, n) in c.iter().filter(|(k, _)| shown(*k)) {
+        s.push_str(&format!(" {} {n}", k.label()));
     }
     s
 }
