@@ -55,7 +55,9 @@ macro_rules! counters {
             /// Adds 1 to every counter whose bit is in `tally`.
             #[inline(always)]
             pub fn add_tally(&mut self, tally: Tally) {
-                $(self.$field += u64::from((tally >> Counter::$variant as u32) & 1);)+
+                $(if tally & Counter::$variant.bit() != 0 {
+                    self.$field += 1;
+                })+
             }
 
             /// The value of counter `c`.

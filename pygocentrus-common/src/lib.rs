@@ -34,6 +34,8 @@ pub const MAP_DIST: &str = "DIST";
 pub const MAP_ORDER: &str = "ORDER";
 pub const MAP_ENDPOINT: &str = "ENDPOINT";
 pub const MAP_CONNS: &str = "CONNS";
+pub const MAP_EXACT: &str = "EXACT";
+pub const MAP_ADDRS: &str = "ADDRS";
 
 /// Rules are numbered `1..=MAX_RULES`; 0 means "no rule" in a [`TargetValue`].
 /// Counter slot 0 holds the totals of the program itself.
@@ -239,6 +241,24 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The probability of an action that is a decision (whether a fault
+    /// applies); [`PROB_NEVER`] for the draws that only pick a value.
+    #[inline(always)]
+    pub const fn threshold(&self, action: Action) -> Threshold {
+        match action {
+            Action::Drop => self.drop,
+            Action::Reset => self.reset,
+            Action::Corrupt => self.corrupt,
+            Action::CorruptPayload => self.corrupt_payload,
+            Action::Duplicate => self.duplicate,
+            Action::Delay => self.delay_prob,
+            Action::Limit => self.limit_prob,
+            Action::Rate => self.rate_prob,
+            Action::FinDelay => self.fin_delay_prob,
+            Action::PayloadOffset | Action::Jitter | Action::GeTransition | Action::GeLoss => PROB_NEVER,
+        }
+    }
+
     /// Whether the rule sets departure times: those need the `fq` qdisc.
     pub const fn schedules(&self) -> bool {
         ((self.delay_ns != 0 || self.jitter_ns != 0) && self.delay_prob != PROB_NEVER)
@@ -343,6 +363,51 @@ pub const CONFIG_PORTLESS: u32 = 2;
 /// (sides by hook: egress is "to", ingress "from"), tried after the trie.
 /// Never set together with [`CONFIG_BRIDGE`].
 pub const CONFIG_ENDPOINT: u32 = 4;
+/// Config flag: the targets of full length (one address, `/32` or `/128`)
+/// are in the `EXACT` hash map, keyed by [`ExactKey`], and the `ADDRS`
+/// array marks their [`addr_fold`]s: an address whose fold is not marked is
+/// no such target, and costs the packet one array read. Without this flag
+/// every target is in the `TARGETS` trie.
+pub const CONFIG_EXACT: u32 = 8;
+/// Config flag: some target is a prefix shorter than one address, in the
+/// `TARGETS` trie, which is searched after `EXACT` (with
+/// [`CONFIG_EXACT`]; without it the trie holds every target).
+pub const CONFIG_PREFIXES: u32 = 16;
+
+/// Key of the `EXACT` hash map: a target of one address (IPv4-mapped for
+/// IPv4, network order) and port (network order; 0: the portless rules).
+/// Aligned, with its padding as zeroed scalar fields, so that the kernel
+/// builds it in three words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExactKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub _pad0: u16,
+    pub _pad1: u32,
+}
+
+impl ExactKey {
+    #[inline(always)]
+    pub const fn new(addr: [u8; 16], port: [u8; 2]) -> Self {
+        Self { addr, port, _pad0: 0, _pad1: 0 }
+    }
+}
+
+/// Entries of the `ADDRS` array: one per value of [`addr_fold`].
+pub const ADDR_FOLDS: u32 = 1 << 16;
+
+/// A 16-bit fold of an address (as stored in keys): the index of its mark
+/// in the `ADDRS` array. Addresses of one subnet differ in their low bits,
+/// which the fold keeps.
+#[inline(always)]
+pub const fn addr_fold(addr: &[u8; 16]) -> u32 {
+    let hi = u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+    let lo = u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
+    let x = hi ^ lo;
+    let x = x ^ (x >> 32);
+    ((x ^ (x >> 16)) & 0xffff) as u32
+}
 
 /// Global settings, in the single slot of the `CONFIG` array.
 #[repr(C)]
@@ -360,8 +425,10 @@ pub struct Config {
 /// two array reads instead of trie lookups.
 pub type PortMark = u8;
 
-/// Key of the `FLOWS` LRU map: a directional 5-tuple.
-#[repr(C)]
+/// Key of the `FLOWS` LRU map: a directional 5-tuple. Aligned to 8 bytes
+/// (its size is a multiple of 8 already) so that the kernel program copies
+/// addresses in words instead of calling `memcpy`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub saddr: [u8; 16],
@@ -386,15 +453,15 @@ impl FlowKey {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)], made only of integers and byte
-    // arrays, with their padding spelled out as fields.
-    unsafe impl aya::Pod for super::TargetKey {}
-    unsafe impl aya::Pod for super::TargetValue {}
-    unsafe impl aya::Pod for super::Rule {}
-    unsafe impl aya::Pod for super::Counters {}
-    unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::DistTable {}
-    unsafe impl aya::Pod for super::RuleState {}
-    unsafe impl aya::Pod for super::ConnState {}
+    /// `aya::Pod` for map values and keys.
+    macro_rules! pod {
+        ($($t:ident),+) => {$(
+            // SAFETY: #[repr(C)], made only of integers and byte arrays,
+            // with its padding spelled out as fields: every bit pattern is
+            // a value, and no byte is uninitialised.
+            unsafe impl aya::Pod for super::$t {}
+        )+};
+    }
+
+    pod!(TargetKey, TargetValue, Rule, Counters, Config, FlowKey, DistTable, RuleState, ConnState, ExactKey);
 }

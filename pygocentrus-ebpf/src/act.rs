@@ -2,18 +2,16 @@
 //! not apply to the packet (or a helper failed), and the packet then passes
 //! as it was.
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, programs::TcContext};
-use pygocentrus_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, csum};
+use pygocentrus_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, csum, decide};
 
-use crate::parse::Packet;
+use crate::{
+    maps::{self, HEADER_SCRATCH, Pass},
+    parse::Packet,
+};
 
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
-/// Room for the longest TCP header (60 bytes), rounded up to a power of
-/// two so that a mask bounds the copy length.
-const HDR_BUF: usize = 64;
 
 #[inline(always)]
 fn check(ret: i64) -> Result<(), ()> {
@@ -45,16 +43,14 @@ const CSUM_FIELD_SIZE: u64 = 2;
 /// fragments, are left alone.
 #[inline(always)]
 pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), ()> {
-    let (csum_off, flags) = match pkt.proto {
+    let (csum_off, flags) = match pkt.key.proto {
         PROTO_TCP => (TCP_CSUM_OFF, 0),
         PROTO_UDP => (UDP_CSUM_OFF, u64::from(BPF_F_MARK_MANGLED_0)),
         _ => return Err(()),
     };
-    let payload_len = pkt.l4_len.checked_sub(pkt.l4_hlen).ok_or(())?;
-    if payload_len == 0 || pkt.fragment {
-        return Err(());
-    }
-    let rel = pkt.l4_hlen + (draw as usize % payload_len);
+    let payload_len = decide::payload_len(pkt.key.proto, pkt.fragment, pkt.l4_len, pkt.l4_hlen).ok_or(())?;
+    // (Checked: the compiler does not see that the length is not zero.)
+    let rel = pkt.l4_hlen + (draw as usize).checked_rem(payload_len).unwrap_or(0);
     let offset = pkt.l4 + rel;
     let old: u8 = ctx.load(offset).map_err(|_| ())?;
     let mut mask = (draw >> 24) as u8;
@@ -71,12 +67,10 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
     ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | CSUM_FIELD_SIZE).map_err(|_| ())
 }
 
-/// Whether [`reset`] applies to the packet: a TCP segment that is not an
-/// initial SYN, not already a reset, not a fragment.
+/// Whether [`reset`] applies to the packet ([`decide::resettable`]).
 #[inline(always)]
 pub fn resettable(pkt: &Packet) -> bool {
-    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    pkt.proto == PROTO_TCP && !(syn_only || pkt.fragment || pkt.tcp_flags & TCP_RST != 0 || pkt.l4_hlen > 60)
+    decide::resettable(pkt.key.proto, pkt.tcp_flags, pkt.fragment, pkt.l4_hlen)
 }
 
 /// Turns a TCP segment into a reset its receiver accepts as its peer's: the
@@ -86,7 +80,7 @@ pub fn resettable(pkt: &Packet) -> bool {
 /// An initial SYN is never reset (nobody would hear it); the SYN-ACK that
 /// answers it is, and the client's connect fails with ECONNREFUSED.
 #[inline(always)]
-pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
+pub fn reset(ctx: &TcContext, pkt: &Packet, pass: Pass) -> Result<(), ()> {
     if !resettable(pkt) {
         return Err(());
     }
@@ -120,6 +114,7 @@ pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     }
 
     // Strip the payload (this also clears GSO state).
+    // SAFETY: the context's own skb, a length within the packet.
     check(unsafe { aya_ebpf::helpers::bpf_skb_change_tail(ctx.skb.skb, (pkt.l4 + hlen) as u32, 0) })?;
 
     // Checksum from scratch over the pseudo-header and the new header.
@@ -127,20 +122,19 @@ pub fn reset(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     let new_csum = if partial {
         csum::fold(pseudo)
     } else {
-        // Not zeroed first: zeroing 64 bytes compiles to a `memset` call,
-        // a second stack frame that Linux 6.1's 512-byte limit has no room
-        // for. bpf_skb_load_bytes fills exactly the bytes read below.
-        let mut hdr = MaybeUninit::<[u8; HDR_BUF]>::uninit();
+        // The header is read into this CPU's scratch slot, not the stack.
+        let hdr = maps::header_slot(pass).ok_or(())?;
         // hlen is 20..=60; written so that the verifier sees 1..=64 even
         // after LLVM spills it (older verifiers lose a clamp's lower bound
         // and refuse a possibly zero-sized read).
-        let len = ((hlen as u32).wrapping_sub(1) & (HDR_BUF as u32 - 1)) + 1;
+        let len = ((hlen as u32).wrapping_sub(1) & (HEADER_SCRATCH as u32 - 1)) + 1;
+        // SAFETY: the helper writes at most `len` (at most 64) bytes into
+        // the 64-byte slot.
         check(unsafe {
             aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb as *const _, pkt.l4 as u32, hdr.as_mut_ptr().cast(), len)
         })?;
-        // SAFETY: the helper succeeded, so the first `len` bytes are
-        // written, and `hlen` = `len` (20..=60 is left as is by the mask).
-        let hdr = unsafe { core::slice::from_raw_parts_mut(hdr.as_mut_ptr().cast::<u8>(), (len as usize).min(hlen)) };
+        // `hlen` = `len` (20..=60 is left as is by the mask).
+        let hdr = hdr.get_mut(..(len as usize).min(hlen)).ok_or(())?;
         if let Some(csum) = hdr.get_mut(TCP_CSUM_OFF..TCP_CSUM_OFF + 2) {
             csum.copy_from_slice(&[0, 0]);
         }

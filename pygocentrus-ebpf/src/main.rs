@@ -1,8 +1,10 @@
 //! The pygocentrus classifier: one TC program for ingress, one for egress,
-//! sharing every map. Read it top to bottom: parse → match a rule → decide →
-//! act → count. Anything unexpected passes the packet untouched (fail open);
-//! only a deliberate fault returns `TC_ACT_SHOT`. (A packet to be delayed
-//! that a local socket still owns is swapped for a copy first: `orphan`.)
+//! sharing every map. Read it top to bottom, one step a function:
+//! parse → find the rule → decide (a [`Fault`], from pure functions in
+//! `pygocentrus_common::decide`) → act → count once. Anything unexpected
+//! passes the packet untouched (fail open); only a deliberate fault
+//! returns `TC_ACT_SHOT`. (A packet to be delayed that a local socket still
+//! owns is swapped for a copy first: `orphan`.)
 #![no_std]
 #![no_main]
 
@@ -11,6 +13,8 @@ mod maps;
 mod parse;
 mod sched;
 
+use core::cell::Cell;
+
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_redirect,
@@ -18,13 +22,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pygocentrus_common::{
-    Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_PORTLESS, CONN_RESET_FWD, CONN_RESET_REV, CONN_UNPLUGGED, Config,
-    Counters, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MARK_DUPLICATE, MARK_ORPHAN, PROB_ALWAYS, PROB_NEVER, PROTO_TCP,
-    RULE_GE, RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_FIN, TCP_RST, TargetValue, Threshold,
-    decide,
+    Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_EXACT, CONFIG_PORTLESS, CONFIG_PREFIXES, CONN_RESET_FWD,
+    CONN_RESET_REV, Config, Counter, MARK_DUPLICATE, MARK_ORPHAN, PROB_ALWAYS, PROB_NEVER, RULE_GE,
+    RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_FIN, TCP_RST, Tally, TargetValue, Threshold,
+    decide::{self, Applies, Fault, Flow, FlowCount},
 };
 
-use crate::parse::Packet;
+use crate::{maps::Pass, parse::Packet};
 
 /// "Not my business": hand the packet to whatever comes next (the next TCX
 /// program, the next cls_bpf filter, or the default action). This is what
@@ -33,6 +37,11 @@ use crate::parse::Packet;
 const PASS: i32 = TC_ACT_UNSPEC;
 const SHOT: i32 = TC_ACT_SHOT;
 
+/// A packet of a rule's target the rule does not judge.
+const SEEN: Tally = Counter::Seen.bit();
+/// A packet the rule judges.
+const MATCHED: Tally = Counter::Seen.bit() | Counter::Matched.bit();
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hook {
     Ingress,
@@ -40,11 +49,13 @@ enum Hook {
 }
 
 #[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "the signature aya's classifier macro asks for")]
 pub fn pyg_ingress(ctx: TcContext) -> i32 {
     classify(&ctx, Hook::Ingress)
 }
 
 #[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "the signature aya's classifier macro asks for")]
 pub fn pyg_egress(ctx: TcContext) -> i32 {
     classify(&ctx, Hook::Egress)
 }
@@ -59,39 +70,78 @@ fn classify(ctx: &TcContext, hook: Hook) -> i32 {
     if tag != 0 {
         ctx.set_mark(mark & !tag);
     }
-    if tag & MARK_ORPHAN == 0 {
-        maps::count(0, |c| c.seen += 1);
+    let pass = if tag & MARK_DUPLICATE != 0 {
+        Pass::Duplicate
+    } else if tag & MARK_ORPHAN != 0 {
+        Pass::Orphan
+    } else {
+        Pass::First
+    };
+    if pass != Pass::Orphan {
+        maps::count(0, SEEN);
     }
-    try_classify(ctx, hook, tag & MARK_DUPLICATE != 0).unwrap_or(PASS)
+    match try_classify(ctx, hook, pass) {
+        Ok(Judged { verdict, rule, tally }) => {
+            if tally != 0 {
+                maps::count(rule, tally);
+            }
+            verdict
+        }
+        Err(()) => PASS,
+    }
+}
+
+/// What became of a packet: the verdict, and what it adds to which rule's
+/// counters (nothing when `tally` is 0).
+struct Judged {
+    verdict: i32,
+    rule: u32,
+    tally: Tally,
+}
+
+impl Judged {
+    /// Not a packet of any rule.
+    const NOBODY: Judged = Judged { verdict: PASS, rule: 0, tally: 0 };
+
+    /// A packet of rule `id`'s target that the rule does not judge.
+    const fn seen(id: u32) -> Judged {
+        Judged { verdict: PASS, rule: id, tally: SEEN }
+    }
 }
 
 #[inline(always)]
-fn try_classify(ctx: &TcContext, hook: Hook, copy: bool) -> Result<i32, ()> {
+fn try_classify(ctx: &TcContext, hook: Hook, pass: Pass) -> Result<Judged, ()> {
     let cfg = maps::config().ok_or(())?;
     if hook == Hook::Ingress && cfg.flags & CONFIG_BRIDGE != 0 && !parse::to_mac(ctx, &cfg.bridge_mac)? {
         // On a bridge port, a packet that is not addressed to the bridge
         // itself leaves by another port: its egress hook judges it. (On an
         // endpoint's veths, CONFIG_BRIDGE is off: the other ports are not
         // hooked, so the ingress hook judges everything the endpoint sends.)
-        return Ok(PASS);
+        return Ok(Judged::NOBODY);
     }
     // Ports no rule names end here, before any address is copied or looked
     // up: the path most packets take.
     // (Portless rules and the endpoint's own rule match any port.)
     let any_port = cfg.flags & (CONFIG_PORTLESS | CONFIG_ENDPOINT) != 0;
-    let Some(pkt) = parse::packet(ctx, any_port, maps::port_named)? else {
-        return Ok(PASS);
+    let Some(pkt) = parse::packet(ctx, any_port, maps::port_named, pass)? else {
+        return Ok(Judged::NOBODY);
     };
-    let Some((id, rule)) = find_rule(&pkt, cfg, hook) else {
-        return Ok(PASS);
+    let (id, rule) = match find_rule(pkt, cfg, hook) {
+        Found::Rule(id, rule) => (id, rule),
+        Found::Target(id) => return Ok(Judged::seen(id)),
+        Found::Nothing => return Ok(Judged::NOBODY),
     };
-    if !flags_match(&pkt, rule) {
+    if !decide::flags_match(rule, pkt.key.proto, pkt.tcp_flags) {
         // The rule's target, but not a segment it judges (--tcp-flags).
-        maps::count(id, |c| c.seen += 1);
-        return Ok(PASS);
+        return Ok(Judged::seen(id));
     }
-    if copy {
-        return Ok(if hook == Hook::Egress { schedule(ctx, &pkt, id, rule, &Dice::new(&pkt, rule)) } else { PASS });
+    if pass == Pass::Duplicate {
+        // A duplicate only gets its departure time, counted as such.
+        if hook == Hook::Ingress {
+            return Ok(Judged::NOBODY);
+        }
+        let (verdict, tally) = schedule(ctx, pkt, rule, id, &Dice::new(pkt, rule));
+        return Ok(Judged { verdict, rule: id, tally });
     }
     // A packet that will wait in fq and still belongs to its socket is
     // swapped for a copy, judged in its place.
@@ -99,41 +149,59 @@ fn try_classify(ctx: &TcContext, hook: Hook, copy: bool) -> Result<i32, ()> {
         && rule.schedules()
         && let Some(verdict) = orphan(ctx)
     {
-        return Ok(verdict);
+        return Ok(Judged { verdict, rule: id, tally: 0 });
     }
-    maps::count(id, |c| {
-        c.seen += 1;
-        c.matched += 1;
-    });
-    Ok(judge(ctx, &pkt, id, rule, hook))
+    let dice = Dice::new(pkt, rule);
+    let fault = decide_fault(pkt, id, rule, &dice);
+    let (verdict, tally) = act(ctx, pkt, pass, hook, id, rule, &dice, fault);
+    Ok(Judged { verdict, rule: id, tally: MATCHED | tally })
 }
 
-/// Looks the packet's destination, then its source, up in the target trie
+/// What looking a packet up among the targets found.
+enum Found {
+    /// The rule that judges the packet.
+    Rule(u32, &'static Rule),
+    /// A target's rule, whose protocol or direction is not the packet's.
+    Target(u32),
+    Nothing,
+}
+
+/// Looks the packet's destination, then its source, up among the targets
 /// and returns the rule for its protocol and direction. A port entry is
 /// tried before the portless entry of the same address. On an endpoint's
 /// veths, the endpoint's own rules come last, the side given by the hook.
 #[inline(always)]
-fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Option<(u32, &'static Rule)> {
+fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Found {
     let portless = cfg.flags & CONFIG_PORTLESS != 0;
+    let exact = cfg.flags & CONFIG_EXACT != 0;
+    let trie = !exact || cfg.flags & CONFIG_PREFIXES != 0;
     let mut seen = 0;
     for side in [SIDE_TO, SIDE_FROM] {
         let (addr, port, named) = if side == SIDE_TO {
-            (&pkt.daddr, pkt.dport, pkt.dport_named)
+            (&pkt.key.daddr, pkt.key.dport, pkt.dport_named)
         } else {
-            (&pkt.saddr, pkt.sport, pkt.sport_named)
+            (&pkt.key.saddr, pkt.key.sport, pkt.sport_named)
         };
+        if !(named || portless) {
+            continue;
+        }
+        // One array read tells most addresses that are no target's.
+        let marked = exact && maps::addr_marked(addr);
+        if !(marked || trie) {
+            continue;
+        }
         let cell = TargetValue::index(side, pkt.class);
         if named
-            && let Some(entry) = maps::target(addr, port)
+            && let Some(entry) = target(addr, port, marked, trie)
             && let Some(found) = pick(entry, cell, &mut seen)
         {
-            return Some(found);
+            return found;
         }
         if portless
-            && let Some(entry) = maps::target(addr, [0, 0])
+            && let Some(entry) = target(addr, [0, 0], marked, trie)
             && let Some(found) = pick(entry, cell, &mut seen)
         {
-            return Some(found);
+            return found;
         }
     }
     if cfg.flags & CONFIG_ENDPOINT != 0
@@ -141,19 +209,27 @@ fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Option<(u32, &'static Ru
     {
         let side = if hook == Hook::Egress { SIDE_TO } else { SIDE_FROM };
         if let Some(found) = pick(entry, TargetValue::index(side, pkt.class), &mut seen) {
-            return Some(found);
+            return found;
         }
     }
-    if seen != 0 {
-        maps::count(seen, |c| c.seen += 1);
+    if seen != 0 { Found::Target(seen) } else { Found::Nothing }
+}
+
+/// The target entry of (`addr`, `port`): its exact entry if the address
+/// is `marked` and has one (an exact entry is the longest prefix there
+/// is), else the longest prefix in the trie if it is searched.
+#[inline(always)]
+fn target(addr: &[u8; 16], port: [u8; 2], marked: bool, trie: bool) -> Option<&'static TargetValue> {
+    if marked && let Some(entry) = maps::exact(addr, port) {
+        return Some(entry);
     }
-    None
+    if trie { maps::target(addr, port) } else { None }
 }
 
 /// The rule of `cell` in a trie entry; if the cell is empty, remembers the entry's first rule in `seen` (the packet
 /// belongs to that rule's target but not to its protocol or direction).
 #[inline(always)]
-fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<(u32, &'static Rule)> {
+fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<Found> {
     // Checked: an index the compiler cannot bound would pull in a panic
     // path the verifier refuses (the endpoint's side comes from the hook).
     let id = entry.rules.get(cell).copied().unwrap_or(0);
@@ -163,7 +239,7 @@ fn pick(entry: &TargetValue, cell: usize, seen: &mut u32) -> Option<(u32, &'stat
         }
         return None;
     }
-    Some((id, maps::rule(id)?))
+    Some(Found::Rule(id, maps::rule(id)?))
 }
 
 #[inline(always)]
@@ -178,48 +254,52 @@ fn first_rule(entry: &TargetValue) -> u32 {
     0
 }
 
-/// Whether the packet is one the rule judges by its TCP flags: every
-/// packet if the rule names none, else TCP segments with at least one of
-/// `tcp_flags_any` and none of `tcp_flags_clear`.
+/// The fault rule `id` chooses for a matched packet: its flow limits (which
+/// count the packet in its connection's state) if it has them and they
+/// apply to the connection, then its dice ([`decide::choose`]).
 #[inline(always)]
-fn flags_match(pkt: &Packet, rule: &Rule) -> bool {
-    if rule.tcp_flags_any == 0 {
-        return true;
+fn decide_fault(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Fault {
+    let applies = Applies {
+        reset: act::resettable(pkt),
+        payload: decide::payload_len(pkt.key.proto, pkt.fragment, pkt.l4_len, pkt.l4_hlen).is_some(),
+    };
+    let flow = if rule.limits_flows() && dice.fires(rule.limit_prob, Action::Limit) {
+        flow_limits(pkt, id, rule, dice, applies.reset)
+    } else {
+        Flow::Dice
+    };
+    decide::choose(flow, applies, &RuleDice { dice, rule, id })
+}
+
+/// A rule's dice for [`decide::choose`].
+struct RuleDice<'a> {
+    dice: &'a Dice,
+    rule: &'a Rule,
+    id: u32,
+}
+
+impl decide::Dice for RuleDice<'_> {
+    #[inline(always)]
+    fn fires(&self, action: Action) -> bool {
+        self.dice.fires(self.rule.threshold(action), action)
     }
-    let f = u32::from(pkt.tcp_flags);
-    pkt.proto == PROTO_TCP && f & rule.tcp_flags_any != 0 && f & rule.tcp_flags_clear == 0
+
+    #[inline(always)]
+    fn lost(&self) -> bool {
+        self.rule.flags & RULE_GE != 0 && ge_loss(self.id, self.rule, self.dice)
+    }
 }
 
-/// What the flow limits of a rule decide for a packet.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    /// No limit reached: the dice decide.
-    Dice,
-    /// Past the reset limit: make this segment the reset.
-    Reset,
-    /// The reset of this direction was sent: let the segment pass.
-    Pass,
-    /// The connection is unplugged: drop the packet.
-    Unplug,
-}
-
-/// The flow limits of a rule (`--unplug-after`, `--reset-after`): counts
-/// the packet in its connection's state and says whether a limit decides
-/// its fate.
+/// Counts the packet in its connection's state for the rule's flow limits
+/// (`--unplug-after`, `--reset-after`) and returns what they decide
+/// ([`decide::flow_limits`]). No state (the LRU took no entry): the limits
+/// do not apply (fail open).
 ///
-/// Reset first: a direction past its reset limit has its next TCP segment
-/// turned into a reset, and the segments after it pass untouched (the
-/// reset peer's kernel answers them with resets, closing the other end
-/// too), even when the connection is also unplugged: unplug-after 0 with
-/// reset-after T blackholes a connection and resets it after T
-/// (Toxiproxy's `timeout`). Then unplug: a connection past its unplug
-/// limit loses every packet the rule matches from then on.
-///
-/// The reset itself is left to `judge`, so that the program has one copy
-/// of it (the verifier walks each copy): the direction is marked as reset
-/// here, and if the rewrite then fails the later segments pass (fail open).
+/// A reset decided here is marked as sent before `act` makes it, so that
+/// the program has one copy of the reset (the verifier walks each copy);
+/// if the rewrite then fails, the later segments pass (fail open).
 #[inline(always)]
-fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Flow {
+fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice, resettable: bool) -> Flow {
     // SAFETY: a helper without arguments.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let Some(state) = maps::conn_state(decide::mix64(dice.conn ^ u64::from(id)), now) else {
@@ -237,95 +317,70 @@ fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Flow {
         state.packets_rev += 1;
         (state.bytes_rev, state.packets_rev, CONN_RESET_REV)
     };
-    let age = now.saturating_sub(state.start_ns);
-    let past = |kind: u32, limit: u64| match kind {
-        LIMIT_BYTES => bytes > limit,
-        LIMIT_PACKETS => packets > limit,
-        LIMIT_NS => age > limit,
-        _ => false,
+    let count = FlowCount {
+        bytes,
+        packets,
+        age: now.saturating_sub(state.start_ns),
+        flags: state.flags,
+        reset_bit,
+        is_reset: pkt.tcp_flags & TCP_RST != 0,
+        resettable,
     };
-    if past(rule.reset_kind, rule.reset_after) {
-        if state.flags & reset_bit != 0 {
-            return Flow::Pass;
-        }
-        if pkt.tcp_flags & TCP_RST != 0 {
-            // Already a reset: it is this direction's.
-            state.flags |= reset_bit;
-            return Flow::Pass;
-        }
-        if act::resettable(pkt) {
-            state.flags |= reset_bit;
-            return Flow::Reset;
-        }
-        // Not a segment that can carry the reset (an initial SYN, UDP):
-        // the limits after this one still apply.
-    }
-    if state.flags & CONN_UNPLUGGED != 0 || past(rule.unplug_kind, rule.unplug_after) {
-        state.flags |= CONN_UNPLUGGED;
-        return Flow::Unplug;
-    }
-    Flow::Dice
+    let (flow, flags) = decide::flow_limits(rule, &count);
+    state.flags = flags;
+    flow
 }
 
-/// Throws the rule's dice in order (loss model and drop, reset, corrupt,
-/// corrupt-payload) and applies the first that fires. A fault that does not
-/// apply to this packet (a reset of an initial SYN, a payload fault on an
-/// empty segment) lets the packet pass. A packet that passes may be
-/// duplicated, and at egress gets its departure time.
+/// Applies the fault and returns the verdict and what it counts. A fault
+/// that could not be made (a helper failed) lets the packet pass as one
+/// without a fault (fail open). A packet that passes may be duplicated, and
+/// at egress gets its departure time.
+#[expect(clippy::too_many_arguments, reason = "one call site; a struct would be copied onto the stack")]
 #[inline(always)]
-fn judge(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, hook: Hook) -> i32 {
-    let dice = Dice::new(pkt, rule);
-    let flow = if rule.limits_flows() && dice.fires(rule.limit_prob, Action::Limit) {
-        flow_limits(pkt, id, rule, &dice)
-    } else {
-        Flow::Dice
+fn act(
+    ctx: &TcContext,
+    pkt: &Packet,
+    pass: Pass,
+    hook: Hook,
+    id: u32,
+    rule: &Rule,
+    dice: &Dice,
+    fault: Fault,
+) -> (i32, Tally) {
+    let rewritten = match fault {
+        Fault::Spared => return (PASS, Counter::Passed.bit()),
+        Fault::Unplug => return (SHOT, Counter::Unplugged.bit()),
+        Fault::Drop => return (SHOT, Counter::Dropped.bit()),
+        Fault::Reset => act::reset(ctx, pkt, pass).map(|()| Counter::Reset),
+        Fault::Corrupt => act::corrupt(ctx, pkt).map(|()| Counter::Corrupted),
+        Fault::CorruptPayload => {
+            act::corrupt_payload(ctx, pkt, dice.draw(Action::PayloadOffset)).map(|()| Counter::CorruptedPayload)
+        }
+        Fault::None => Err(()),
     };
-    match flow {
-        Flow::Pass => {
-            maps::count(id, bump_passed);
-            return PASS;
-        }
-        Flow::Unplug => {
-            maps::count(id, |c| c.unplugged += 1);
-            return SHOT;
-        }
-        Flow::Dice | Flow::Reset => {}
+    if let Ok(counter) = rewritten {
+        return (PASS, counter.bit());
     }
-    let flow_reset = flow == Flow::Reset;
-    if !flow_reset && (dice.fires(rule.drop, Action::Drop) || (rule.flags & RULE_GE != 0 && ge_loss(id, rule, &dice))) {
-        maps::count(id, |c| c.dropped += 1);
-        return SHOT;
-    }
-    if (flow_reset || dice.fires(rule.reset, Action::Reset)) && pkt.proto == PROTO_TCP && act::reset(ctx, pkt).is_ok() {
-        maps::count(id, |c| c.reset += 1);
-        return PASS;
-    }
-    if dice.fires(rule.corrupt, Action::Corrupt) && act::corrupt(ctx, pkt).is_ok() {
-        maps::count(id, |c| c.corrupted += 1);
-        return PASS;
-    }
-    if dice.fires(rule.corrupt_payload, Action::CorruptPayload)
-        && act::corrupt_payload(ctx, pkt, dice.draw(Action::PayloadOffset)).is_ok()
-    {
-        maps::count(id, |c| c.corrupted_payload += 1);
-        return PASS;
-    }
+    let mut tally = Counter::Passed.bit();
     if dice.fires(rule.duplicate, Action::Duplicate) && duplicate(ctx, hook).is_ok() {
-        maps::count(id, |c| c.duplicated += 1);
+        tally |= Counter::Duplicated.bit();
     }
-    if hook == Hook::Egress && schedule(ctx, pkt, id, rule, &dice) == SHOT {
-        return SHOT;
+    if hook == Hook::Egress {
+        let (verdict, scheduled) = schedule(ctx, pkt, rule, id, dice);
+        if verdict == SHOT {
+            return (SHOT, (tally & !Counter::Passed.bit()) | scheduled);
+        }
+        tally |= scheduled;
     }
-    maps::count(id, bump_passed);
-    PASS
+    (PASS, tally)
 }
 
-/// Rate, delay and order for a packet leaving by egress, counted: `SHOT`
-/// when the rule's rate queue is full, `PASS` otherwise.
+/// Rate, delay and order for a packet leaving by egress: `SHOT` when the
+/// rule's rate queue is full, `PASS` otherwise, and what it counts.
 #[inline(always)]
-fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> i32 {
+fn schedule(ctx: &TcContext, pkt: &Packet, rule: &Rule, id: u32, dice: &Dice) -> (i32, Tally) {
     if !rule.schedules() {
-        return PASS;
+        return (PASS, 0);
     }
     let chosen = sched::Chosen {
         delay: dice.fires(rule.delay_prob, Action::Delay),
@@ -335,41 +390,20 @@ fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) ->
             && dice.fires(rule.fin_delay_prob, Action::FinDelay),
     };
     let done = sched::schedule(ctx, pkt, id, rule, &chosen, dice.draw(Action::Jitter));
-    if done.overflow {
-        maps::count(id, |c| c.dropped += 1);
-        return SHOT;
-    }
-    if done.delayed || done.rate_limited {
-        maps::count(id, |c| {
-            c.delayed += u64::from(done.delayed);
-            c.rate_limited += u64::from(done.rate_limited);
-        });
-    }
-    PASS
+    (if done.overflow { SHOT } else { PASS }, done.tally)
 }
 
-/// One step of the rule's Gilbert-Elliott chain: move between the good and
-/// bad states, then lose the packet with the loss probability of the state
-/// it is in (netem's order).
+/// One step of the rule's Gilbert-Elliott chain ([`decide::ge_step`]),
+/// its state kept in the rule's state.
 #[inline(always)]
 fn ge_loss(id: u32, rule: &Rule, dice: &Dice) -> bool {
     let Some(state) = maps::rule_state(id) else {
         return false;
     };
-    let ge = &rule.ge;
-    let switch = dice.draw(Action::GeTransition);
-    let loss = dice.draw(Action::GeLoss);
-    if state.ge_bad == 0 {
-        if decide::fires(switch, ge.p) {
-            state.ge_bad = 1;
-        }
-        decide::fires(loss, ge.loss_good)
-    } else {
-        if decide::fires(switch, ge.r) {
-            state.ge_bad = 0;
-        }
-        decide::fires(loss, ge.loss_bad)
-    }
+    let (bad, lost) =
+        decide::ge_step(&rule.ge, state.ge_bad != 0, dice.draw(Action::GeTransition), dice.draw(Action::GeLoss));
+    state.ge_bad = u32::from(bad);
+    lost
 }
 
 /// Sends a copy of the packet through the same hook of the same device;
@@ -451,13 +485,9 @@ fn mark(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).mark }
 }
 
-#[inline(always)]
-fn bump_passed(c: &mut Counters) {
-    c.passed += 1;
-}
-
-/// Where a rule's randomness comes from: the kernel's PRNG, or with
-/// `--seed` a hash of (seed, flow, packet index in the flow, action).
+/// Where a rule's randomness comes from: the kernel's PRNG, drawn once
+/// per packet and spread over its actions ([`decide::random_draw`]), or
+/// with `--seed` a hash of (seed, flow, packet index in the flow, action).
 /// With `--per-connection` the decisions (`fires`) are a hash of (seed,
 /// connection, action) instead, the same for every packet of the
 /// connection in both directions; the other draws stay per packet.
@@ -474,21 +504,31 @@ struct Dice {
     /// The connection hash (both directions the same), when the rule
     /// decides per connection or keeps connection state.
     conn: u64,
+    /// The packet's draw from the kernel's PRNG, once taken (bit 32 set).
+    random: Cell<u64>,
 }
 
 impl Dice {
     #[inline(always)]
     fn new(pkt: &Packet, rule: &Rule) -> Self {
-        let mut dice =
-            Self { seeded: false, per_conn: false, forward: false, seed: rule.seed, flow: 0, index: 0, conn: 0 };
+        let mut dice = Self {
+            seeded: false,
+            per_conn: false,
+            forward: false,
+            seed: rule.seed,
+            flow: 0,
+            index: 0,
+            conn: 0,
+            random: Cell::new(0),
+        };
         if rule.flags & RULE_SEEDED != 0 {
-            let key = pkt.flow_key();
             dice.seeded = true;
-            dice.flow = decide::flow_hash(&key);
-            dice.index = maps::next_flow_index(&key);
+            dice.flow = decide::flow_hash(&pkt.key);
+            dice.index = maps::next_flow_index(dice.flow);
         }
         if rule.flags & RULE_PER_CONNECTION != 0 || rule.limits_flows() {
-            let (conn, forward) = decide::conn_hash(&pkt.saddr, &pkt.daddr, pkt.sport, pkt.dport, pkt.proto);
+            let k = &pkt.key;
+            let (conn, forward) = decide::conn_hash(&k.saddr, &k.daddr, k.sport, k.dport, k.proto);
             dice.per_conn = rule.flags & RULE_PER_CONNECTION != 0;
             dice.conn = conn;
             dice.forward = forward;
@@ -499,11 +539,15 @@ impl Dice {
     #[inline(always)]
     fn draw(&self, action: Action) -> u32 {
         if self.seeded {
-            decide::seeded_draw(self.seed, self.flow, self.index, action)
-        } else {
-            // SAFETY: a helper without arguments or side effects.
-            unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }
+            return decide::seeded_draw(self.seed, self.flow, self.index, action);
         }
+        let mut random = self.random.get();
+        if random == 0 {
+            // SAFETY: a helper without arguments or side effects.
+            random = u64::from(unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }) | 1 << 32;
+            self.random.set(random);
+        }
+        decide::random_draw(random, action)
     }
 
     /// Whether a fault with this probability hits the packet (with
@@ -523,7 +567,7 @@ impl Dice {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

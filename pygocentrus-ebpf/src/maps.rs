@@ -3,12 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use pygocentrus_common::{
-    ADDR_BITS, Config, ConnState, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, FlowKey, MAX_FLOWS, MAX_TARGETS,
-    PORT_BITS, PortMark, RULE_SLOTS, Rule, RuleState, TargetKey, TargetValue,
+    ADDR_BITS, ADDR_FOLDS, Config, ConnState, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, ExactKey, MAX_FLOWS,
+    MAX_TARGETS, PORT_BITS, PortMark, RULE_SLOTS, Rule, RuleState, Tally, TargetKey, TargetValue, addr_fold,
 };
+
+use crate::parse::Packet;
 
 /// (port, address prefix) → the rules of that target.
 #[map(name = "TARGETS")]
@@ -17,6 +19,16 @@ static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::with_max_entries(MAX_
 /// Rule id → faults.
 #[map(name = "RULES")]
 static RULES: Array<Rule> = Array::with_max_entries(RULE_SLOTS, 0);
+
+/// (address, port) → the rules of that target, for targets of one
+/// address, with [`pygocentrus_common::CONFIG_EXACT`].
+#[map(name = "EXACT")]
+static EXACT: HashMap<ExactKey, TargetValue> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// [`addr_fold`] of an address → non-zero if some target in `EXACT` may
+/// have that address (a cheap pre-filter).
+#[map(name = "ADDRS")]
+static ADDRS: Array<u8> = Array::with_max_entries(ADDR_FOLDS, 0);
 
 /// Host-order port → non-zero if some rule names it (a cheap pre-filter).
 #[map(name = "PORTS")]
@@ -34,9 +46,11 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(RULE_SLOTS, 0);
 
-/// Directional 5-tuple → packets seen so far, for seeded decisions.
+/// Hash of a directional 5-tuple ([`pygocentrus_common::decide::flow_hash`])
+/// → packets seen so far, for seeded decisions. (Keyed by the hash the
+/// seeded dice need anyway: 8 bytes to hash in the map instead of 40.)
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+static FLOWS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
@@ -55,6 +69,22 @@ pub fn port_named(port: [u8; 2]) -> bool {
     PORTS.get(u32::from(u16::from_be_bytes(port))).is_some_and(|m| *m != 0)
 }
 
+/// Whether `ADDRS` marks the fold of `addr`.
+#[inline(always)]
+pub fn addr_marked(addr: &[u8; 16]) -> bool {
+    ADDRS.get(addr_fold(addr)).is_some_and(|m| *m != 0)
+}
+
+/// The `EXACT` entry for `port` (network order; 0: the portless rules) on
+/// `addr`.
+#[inline(always)]
+pub fn exact(addr: &[u8; 16], port: [u8; 2]) -> Option<&'static TargetValue> {
+    // SAFETY: the value outlives the program run. The loader may rewrite it
+    // meanwhile (a live change of rules): a value is rule ids, and a torn
+    // read at worst picks a rule of the old or the new set.
+    unsafe { EXACT.get(ExactKey::new(*addr, port)) }
+}
+
 /// The trie entry for `port` (network order; 0: the portless rules) on
 /// `addr`. Callers ask only for ports [`port_named`] said yes to.
 #[inline(always)]
@@ -68,21 +98,70 @@ pub fn endpoint() -> Option<&'static TargetValue> {
     ENDPOINT.get(0)
 }
 
+/// Adds a packet's tally to counter slot `slot` (a rule id, or 0 for the
+/// program's totals): the only code that writes counters.
 #[inline(always)]
-pub fn count(slot: u32, f: impl FnOnce(&mut Counters)) {
+pub fn count(slot: u32, tally: Tally) {
     if let Some(c) = COUNTERS.get_ptr_mut(slot) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and TC
         // programs do not preempt each other on one CPU.
-        f(unsafe { &mut *c });
+        unsafe { (*c).add_tally(tally) };
     }
+}
+
+/// Which pass of a packet the program is judging: each has its own
+/// scratch slot, since a copy sent by `bpf_clone_redirect` passes the
+/// egress hook (on the same CPU) before the helper returns, while the
+/// judgement of the packet it was copied from is still under way. The
+/// copies are told apart by their mark: an orphan's copy may itself be
+/// duplicated, a duplicate is never copied again, so three slots suffice.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Pass {
+    /// The packet as it came.
+    First = 0,
+    /// The copy that replaces a packet a local socket owned.
+    Orphan = 1,
+    /// A duplicate.
+    Duplicate = 2,
+}
+
+/// One per CPU and [`Pass`]: the parsed packet, kept off the stack.
+#[map(name = "PACKETS")]
+static PACKETS: PerCpuArray<Packet> = PerCpuArray::with_max_entries(3, 0);
+
+/// This CPU's scratch [`Packet`] for `pass` (`None` only if the map
+/// lookup failed, which it cannot for an index in range).
+#[inline(always)]
+pub fn packet_slot(pass: Pass) -> Option<&'static mut Packet> {
+    // SAFETY: this CPU's own slot for this pass; no other invocation on
+    // this CPU uses it while this one runs (see `Pass`).
+    PACKETS.get_ptr_mut(pass as u32).map(|p| unsafe { &mut *p })
+}
+
+/// One per CPU and [`Pass`]: room for a TCP header, for the reset's
+/// checksum, off the stack.
+#[map(name = "HEADERS")]
+static HEADERS: PerCpuArray<[u8; HEADER_SCRATCH]> = PerCpuArray::with_max_entries(3, 0);
+
+/// Bytes of [`HEADERS`] per slot: the longest TCP header (60 bytes),
+/// rounded up to a power of two so that a mask bounds a copy's length.
+pub const HEADER_SCRATCH: usize = 64;
+
+/// This CPU's header scratch for `pass`.
+#[inline(always)]
+pub fn header_slot(pass: Pass) -> Option<&'static mut [u8; HEADER_SCRATCH]> {
+    // SAFETY: as for `packet_slot`.
+    HEADERS.get_ptr_mut(pass as u32).map(|p| unsafe { &mut *p })
 }
 
 /// Returns how many packets of this flow were seen before this one, and
 /// counts this one. Two CPUs racing on one flow may reuse an index; flows
 /// normally stay on one CPU, and the cost is one repeated decision.
 #[inline(always)]
-pub fn next_flow_index(key: &FlowKey) -> u64 {
-    match FLOWS.get_ptr_mut(key) {
+pub fn next_flow_index(flow: u64) -> u64 {
+    match FLOWS.get_ptr_mut(flow) {
+        // SAFETY: a valid pointer into the map's value.
         Some(n) => unsafe {
             let index = *n;
             *n = index + 1;
@@ -90,7 +169,7 @@ pub fn next_flow_index(key: &FlowKey) -> u64 {
         },
         None => {
             // Fail open: if the LRU cannot take it, every packet is index 0.
-            let _ = FLOWS.insert(key, 1u64, 0);
+            let _ = FLOWS.insert(flow, 1u64, 0);
             0
         }
     }
@@ -105,10 +184,10 @@ static RULE_STATE: Array<RuleState> = Array::with_max_entries(RULE_SLOTS, 0);
 #[map(name = "DIST")]
 static DIST: Array<DistTable> = Array::with_max_entries(DIST_TABLES, 0);
 
-/// Directional 5-tuple → departure time of its latest packet, for rules
-/// that keep the order of a flow.
+/// Hash of a directional 5-tuple → departure time of its latest packet, for
+/// rules that keep the order of a flow.
 #[map(name = "ORDER")]
-static ORDER: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+static ORDER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[inline(always)]
 pub fn rule_state(id: u32) -> Option<&'static mut RuleState> {
@@ -130,8 +209,8 @@ pub fn dist_value(dist: u32, index: u32) -> i64 {
 /// Makes `departure` no earlier than the previous packet of the flow and
 /// remembers it.
 #[inline(always)]
-pub fn in_flow_order(key: &FlowKey, departure: u64) -> u64 {
-    match ORDER.get_ptr_mut(key) {
+pub fn in_flow_order(flow: u64, departure: u64) -> u64 {
+    match ORDER.get_ptr_mut(flow) {
         // SAFETY: a valid pointer into the map's value.
         Some(last) => unsafe {
             let t = if *last > departure { *last } else { departure };
@@ -140,7 +219,7 @@ pub fn in_flow_order(key: &FlowKey, departure: u64) -> u64 {
         },
         None => {
             // Fail open: without a slot the packet keeps its own time.
-            let _ = ORDER.insert(key, departure, 0);
+            let _ = ORDER.insert(flow, departure, 0);
             departure
         }
     }

@@ -4,7 +4,9 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use pygocentrus_common::{CLASS_OTHER, CLASS_TCP, CLASS_UDP, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use pygocentrus_common::{CLASS_OTHER, CLASS_TCP, CLASS_UDP, FlowKey, PROTO_TCP, PROTO_UDP};
+
+use crate::maps::{self, Pass};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -17,27 +19,26 @@ const UDP_HLEN: usize = 8;
 /// Headers we may read: Ethernet + VLAN + IPv4 with options + TCP with options.
 const MAX_HEADERS: u32 = (ETH_HLEN + VLAN_HLEN + 60 + 60) as u32;
 
-/// What the rest of the program needs to know about a packet.
+/// What the rest of the program needs to know about a packet. It lives in
+/// a per-CPU scratch slot (`maps::packet_slot`), not on the 512-byte stack.
+/// The key first, at the slot's 8-byte aligned start.
+#[repr(C)]
 pub struct Packet {
+    /// Addresses (IPv4-mapped for IPv4), ports (zero for protocols without
+    /// ports), network order, and the IP protocol (IPv4) or next header
+    /// (IPv6): also the key of the flow maps, built once.
+    pub key: FlowKey,
     /// Offset of the IP header.
     pub l3: usize,
     /// Offset of the L4 header.
     pub l4: usize,
-    pub ipv6: bool,
-    /// The IP protocol (IPv4) or next header (IPv6).
-    pub proto: u8,
-    /// Column of the rule table: `CLASS_TCP`, `CLASS_UDP` or `CLASS_OTHER`.
-    pub class: usize,
-    /// Addresses, IPv4-mapped for IPv4, network order.
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    /// Ports, network order; zero for protocols without ports.
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
     /// Length of the L4 header (TCP data offset, 8 for UDP; 0 otherwise).
     pub l4_hlen: usize,
     /// Length of the L4 header plus payload, from the IP header.
     pub l4_len: usize,
+    /// Column of the rule table: `CLASS_TCP`, `CLASS_UDP` or `CLASS_OTHER`.
+    pub class: usize,
+    pub ipv6: bool,
     /// The first fragment of a fragmented IPv4 datagram.
     pub fragment: bool,
     /// TCP flags (0 for other protocols).
@@ -49,13 +50,10 @@ pub struct Packet {
 }
 
 impl Packet {
-    pub fn flow_key(&self) -> FlowKey {
-        FlowKey::new(self.saddr, self.daddr, self.sport, self.dport, self.proto)
-    }
-
     /// The pseudo-header addresses: 4 bytes for IPv4, 16 for IPv6.
     pub fn addrs(&self) -> (&[u8], &[u8]) {
-        if self.ipv6 { (&self.saddr, &self.daddr) } else { (&self.saddr[12..], &self.daddr[12..]) }
+        let k = &self.key;
+        if self.ipv6 { (&k.saddr, &k.daddr) } else { (&k.saddr[12..], &k.daddr[12..]) }
     }
 }
 
@@ -93,14 +91,20 @@ pub fn to_mac(ctx: &TcContext, mac: &[u8; 6]) -> Result<bool, ()> {
     Ok(read::<6>(ctx, 0)? == *mac)
 }
 
-/// Parses Ethernet (one 802.1Q/802.1ad tag), IPv4 or IPv6, TCP or UDP.
+/// Parses Ethernet (one 802.1Q/802.1ad tag), IPv4 or IPv6, TCP or UDP,
+/// into this CPU's scratch slot for `pass`.
 /// `Ok(None)`: a packet we never touch (not IP, a non-first fragment, an
 /// IPv6 extension header), or one neither of whose ports is `named` while
 /// no rule matches `any_port`. The ports are read before the addresses are
-/// copied, so that the common case, traffic no rule names a port of, costs
-/// as little as possible.
+/// copied (or the scratch slot looked up), so that the common case,
+/// traffic no rule names a port of, costs as little as possible.
 #[inline(always)]
-pub fn packet(ctx: &TcContext, any_port: bool, named: impl Fn([u8; 2]) -> bool) -> Result<Option<Packet>, ()> {
+pub fn packet(
+    ctx: &TcContext,
+    any_port: bool,
+    named: impl Fn([u8; 2]) -> bool,
+    pass: Pass,
+) -> Result<Option<&'static mut Packet>, ()> {
     linearize(ctx);
     let mut l3 = ETH_HLEN;
     let mut ethertype = u16::from_be_bytes(read::<2>(ctx, 12)?);
@@ -147,45 +151,75 @@ pub fn packet(ctx: &TcContext, any_port: bool, named: impl Fn([u8; 2]) -> bool) 
             let udp = read::<4>(ctx, l4)?;
             (CLASS_UDP, [udp[0], udp[1]], [udp[2], udp[3]], UDP_HLEN, 0)
         }
-        PROTO_ICMP | PROTO_ICMPV6 => (CLASS_OTHER, [0; 2], [0; 2], 0, 0),
         _ => (CLASS_OTHER, [0; 2], [0; 2], 0, 0),
     };
     let (sport_named, dport_named) = (named(sport), named(dport));
     if !(any_port || sport_named || dport_named) {
         return Ok(None);
     }
-    let (saddr, daddr, l4_len, fragment) = if ipv6 {
-        let len = usize::from(u16::from_be_bytes(read::<2>(ctx, l3 + 4)?));
-        (read::<16>(ctx, l3 + 8)?, read::<16>(ctx, l3 + 24)?, len, false)
+    let pkt = maps::packet_slot(pass).ok_or(())?;
+    pkt.key.sport = sport;
+    pkt.key.dport = dport;
+    pkt.key.proto = proto;
+    if ipv6 {
+        pkt.l4_len = usize::from(u16::from_be_bytes(read::<2>(ctx, l3 + 4)?));
+        let addrs = words::<8>(ctx, l3 + 8)?;
+        put_addr(&mut pkt.key.saddr, [addrs[0], addrs[1], addrs[2], addrs[3]]);
+        put_addr(&mut pkt.key.daddr, [addrs[4], addrs[5], addrs[6], addrs[7]]);
+        pkt.fragment = false;
     } else {
-        let ip = read::<20>(ctx, l3)?;
+        let ip = read::<8>(ctx, l3)?;
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let fragment = ip[6] & 0x20 != 0;
-        let (s, d) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
-        (mapped(s), mapped(d), total.saturating_sub(l4 - l3), fragment)
-    };
-    Ok(Some(Packet {
-        l3,
-        l4,
-        ipv6,
-        proto,
-        class,
-        saddr,
-        daddr,
-        sport,
-        dport,
-        l4_hlen,
-        l4_len,
-        fragment,
-        tcp_flags,
-        sport_named,
-        dport_named,
-    }))
+        pkt.l4_len = total.saturating_sub(l4 - l3);
+        pkt.fragment = ip[6] & 0x20 != 0;
+        let addrs = words::<2>(ctx, l3 + 12)?;
+        put_addr(&mut pkt.key.saddr, mapped(addrs[0]));
+        put_addr(&mut pkt.key.daddr, mapped(addrs[1]));
+    }
+    pkt.l3 = l3;
+    pkt.l4 = l4;
+    pkt.l4_hlen = l4_hlen;
+    pkt.class = class;
+    pkt.ipv6 = ipv6;
+    pkt.tcp_flags = tcp_flags;
+    pkt.sport_named = sport_named;
+    pkt.dport_named = dport_named;
+    Ok(Some(pkt))
 }
 
+/// IPv4-mapped (`::ffff:a.b.c.d`), as 32-bit words in memory order.
 #[inline(always)]
-fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+fn mapped(v4: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
+}
+
+/// `N` 32-bit words of the packet at `offset`, in memory order.
+#[inline(always)]
+fn words<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u32; N], ()> {
+    let p = ptr_at::<[u32; N]>(ctx, offset)?;
+    // SAFETY: ptr_at checked that the words are inside the packet. The IP
+    // header, and so its addresses, sits at a 4-byte boundary in the
+    // kernel's buffers (NET_IP_ALIGN), and where it does not the BPF
+    // instruction loads it anyway (the verifier asks alignment of packet
+    // reads only on architectures without efficient unaligned access).
+    // Word loads instead of a byte copy: a 16-byte copy compiles to a call
+    // of `memmove`.
+    Ok(unsafe { p.read() })
+}
+
+/// Writes an address given as words into a key's address field.
+#[inline(always)]
+fn put_addr(dst: &mut [u8; 16], words: [u32; 4]) {
+    let p = dst.as_mut_ptr().cast::<u32>();
+    // SAFETY: `dst` is the `saddr` or `daddr` of a `FlowKey`, which is
+    // 8-byte aligned with those fields at offsets 0 and 16: 4-byte aligned,
+    // 16 bytes long.
+    unsafe {
+        p.write(words[0]);
+        p.add(1).write(words[1]);
+        p.add(2).write(words[2]);
+        p.add(3).write(words[3]);
+    }
 }
 
 /// IPv6 extension headers (RFC 8200 and the IANA list): we do not walk

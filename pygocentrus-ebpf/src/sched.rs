@@ -5,7 +5,7 @@
 //! owns was swapped for a copy before it got here: `orphan` in main.rs.)
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
-use pygocentrus_common::{DIST_SCALE, DIST_UNIFORM, RULE_KEEP_ORDER, Rule};
+use pygocentrus_common::{Counter, RULE_KEEP_ORDER, Rule, Tally, decide};
 
 use crate::{maps, parse::Packet};
 
@@ -19,11 +19,10 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// (Cilium's bandwidth manager bounds its EDT queue the same way, by 2 s.)
 const RATE_BACKLOG_NS: u64 = 2 * NSEC_PER_SEC;
 
-/// What scheduling did to one packet, for the counters.
-#[derive(Default)]
+/// What scheduling did to one packet.
 pub struct Scheduled {
-    pub delayed: bool,
-    pub rate_limited: bool,
+    /// The counters it adds: delayed, rate-limited, or dropped.
+    pub tally: Tally,
     /// The rule's rate queue is full: the packet must be dropped.
     pub overflow: bool,
 }
@@ -43,7 +42,7 @@ pub struct Chosen {
 /// the FIN delay, then the flow's order.
 #[inline(always)]
 pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Chosen, jitter: u32) -> Scheduled {
-    let mut out = Scheduled::default();
+    let mut out = Scheduled { tally: 0, overflow: false };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut departure = now;
@@ -52,28 +51,29 @@ pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Ch
     {
         if state.next_departure > now.saturating_add(RATE_BACKLOG_NS) {
             out.overflow = true;
+            out.tally = Counter::Dropped.bit();
             return out;
         }
         if state.next_departure > departure {
             departure = state.next_departure;
-            out.rate_limited = true;
+            out.tally |= Counter::RateLimited.bit();
         }
         state.next_departure =
             departure + (u64::from(ctx.len()) * NSEC_PER_SEC).checked_div(rule.rate_bytes).unwrap_or(0);
     }
     if chosen.delay {
-        let d = pick_delay(rule, jitter);
+        let d = decide::pick_delay(rule, jitter, maps::dist_value);
         if d != 0 {
             departure += d;
-            out.delayed = true;
+            out.tally |= Counter::Delayed.bit();
         }
     }
     if chosen.fin {
         departure += rule.fin_delay_ns;
-        out.delayed = true;
+        out.tally |= Counter::Delayed.bit();
     }
     if rule.flags & RULE_KEEP_ORDER != 0 {
-        departure = maps::in_flow_order(&pkt.flow_key(), departure);
+        departure = maps::in_flow_order(decide::flow_hash(&pkt.key), departure);
     }
     if departure > now {
         // SAFETY: `skb` points to the context the kernel gave us; tstamp is
@@ -87,25 +87,4 @@ pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Ch
         }
     }
     out
-}
-
-/// netem's `tabledist`: the mean delay plus jitter drawn from the rule's
-/// distribution (uniform within ±jitter, or a table of standard normal,
-/// pareto or paretonormal quantiles scaled by jitter), never below zero.
-/// Only unsigned division (older kernels' BPF has no signed one), and only
-/// checked division: a panic path would not pass the verifier.
-#[inline(always)]
-fn pick_delay(rule: &Rule, draw: u32) -> u64 {
-    let mu = rule.delay_ns;
-    let sigma = rule.jitter_ns;
-    if sigma == 0 {
-        return mu;
-    }
-    if rule.distribution == DIST_UNIFORM {
-        let offset = u64::from(draw).checked_rem(2 * sigma).unwrap_or(0);
-        return (mu + offset).saturating_sub(sigma);
-    }
-    let t = maps::dist_value(rule.distribution, draw);
-    let scaled = (t.unsigned_abs() * sigma + DIST_SCALE as u64 / 2) / DIST_SCALE as u64;
-    if t < 0 { mu.saturating_sub(scaled) } else { mu + scaled }
 }

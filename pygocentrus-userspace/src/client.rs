@@ -87,8 +87,7 @@ pub async fn status(args: ClientArgs) -> Result<()> {
             r["owner"].as_str().unwrap_or_default(),
             r["rule"].as_str().unwrap_or_default()
         );
-        let counters: Vec<String> =
-            Counter::ALL.iter().map(|k| format!("{} {}", k.label(), r[k.name()])).collect();
+        let counters: Vec<String> = Counter::ALL.iter().map(|k| format!("{} {}", k.label(), r[k.name()])).collect();
         println!("  {}", counters.join(" "));
     }
     Ok(())

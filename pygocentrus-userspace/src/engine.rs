@@ -19,6 +19,11 @@ use crate::{dist, plan::MapContents};
 /// The kernel program, built by `build.rs` and embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pygocentrus"));
 
+/// The embedded eBPF object (for `cargo xtask stack`, which reads its code).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 #[derive(Debug, Error)]
 pub enum EngineError {
     #[error("loading the eBPF object: {0}")]

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>` (the alias lives in `.cargo/config.toml`).
 
 mod bench;
+mod stack;
 mod vm;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Task {
     /// and 10 000 rules vs netem behind as many u32 filters; print the
     /// results and rewrite their section of BENCHMARKS.md.
     BenchVm(vm::bench::BenchVmArgs),
+    /// How many bytes of the 512-byte BPF stack each classifier uses, from
+    /// the object the tool embeds; `--max N` fails above N.
+    Stack(stack::StackArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
         Task::BenchVm(args) => vm::bench::run(&args),
+        Task::Stack(args) => stack::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,7 +81,7 @@ impl Machine {
             .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim()))
             .unwrap_or("unknown")
             .to_owned();
-        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map_or("unknown".into(), |s| s.trim().to_owned());
         let load = fs::read_to_string("/proc/loadavg")
             .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

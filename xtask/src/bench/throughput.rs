@@ -61,7 +61,7 @@ pub struct Report {
     pub seconds: f64,
 }
 
-pub fn measure(s: &Settings) -> Result<Report> {
+pub fn measure(s: &Settings<'_>) -> Result<Report> {
     let start = Instant::now();
     let lab = Lab::create().context("creating the namespaces")?;
     let mut cmd = lab.exec(&lab.server, "iperf3");
@@ -149,7 +149,7 @@ struct AttachedRun {
     matched: u64,
 }
 
-fn run_attached(lab: &Lab, s: &Settings) -> Result<AttachedRun> {
+fn run_attached(lab: &Lab, s: &Settings<'_>) -> Result<AttachedRun> {
     let mut cmd = lab.exec(&lab.bridge, &s.binary.to_string_lossy());
     cmd.args(["attach", "--iface", BRIDGE])
         .args(IDLE_RULE.split_whitespace())
