@@ -9,6 +9,11 @@
 //! inside the host namespace and kills it if the test ends first.
 //!
 //! Traffic stays between these namespaces, on 198.18.0.0/24 and fd00::/64.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its message is the failure report, as in aya's tests"
+)]
 
 mod counters;
 mod http;

@@ -1,5 +1,10 @@
 //! The echo server and client in-process, over loopback, against the real
 //! server and against servers that misbehave on purpose.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its message is the failure report, as in aya's tests"
+)]
 
 use std::{
     collections::HashMap,

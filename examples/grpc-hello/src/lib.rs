@@ -18,10 +18,7 @@ pub use server::{DEFAULT_PORT, serve};
 pub use tonic::Code;
 
 /// The messages and service stubs generated from `proto/helloworld.proto`.
-#[allow(
-    clippy::allow_attributes_without_reason,
-    reason = "tonic-build's code carries its own allows, without reasons"
-)]
+#[allow(clippy::allow_attributes_without_reason, reason = "tonic-build's code carries its own allows, without reasons")]
 pub mod proto {
     tonic::include_proto!("helloworld");
 }

@@ -1,4 +1,9 @@
 //! The greeter's server and client in-process, over loopback.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its message is the failure report, as in aya's tests"
+)]
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 

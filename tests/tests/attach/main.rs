@@ -6,7 +6,11 @@
 //!
 //! Needs root and a built binary: `cargo build && sudo -E cargo test -p
 //! pygocentrus-tests`.
-
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its message is the failure report, as in aya's tests"
+)]
 #![expect(clippy::useless_vec, reason = "args! builds owned argument lists (some kept, some only borrowed)")]
 
 mod burst;

@@ -12,6 +12,11 @@
 //!
 //! The networks are those of the compose files: 198.19.50.0/24 (bridge
 //! `pyg-grpc0`) and 198.19.51.0/24 (`pyg-echo0`), inside 198.18.0.0/15.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its message is the failure report, as in aya's tests"
+)]
 
 mod compose;
 mod container;
