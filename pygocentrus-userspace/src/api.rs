@@ -451,8 +451,12 @@ async fn metrics(AxState(s): AxState<Shared>) -> ApiResult {
     for (i, (r, owner)) in plan.rules.iter().zip(&owners).enumerate() {
         let (Some(c), Some(id)) = (slots.get(i + 1), ids.get(i)) else { continue };
         for (event, n) in c.iter() {
-            let labels =
-                RuleLabels { id: u64::from(*id), owner: owner.clone(), rule: r.to_string(), event: event.name().to_owned() };
+            let labels = RuleLabels {
+                id: u64::from(*id),
+                owner: owner.clone(),
+                rule: r.to_string(),
+                event: event.name().to_owned(),
+            };
             family.get_or_create(&labels).inc_by(n);
         }
     }

@@ -20,10 +20,11 @@ use crate::{
     docker::DockerEvent,
     endpoint::{Endpoint, State},
     engine::Engine,
+    error::UsageError,
     guard::{Guard, GuardProgram},
     hooks::{self, Hooks, Method},
     netlink::{FqParams, Link, LinkEvent, Netlink, link_events},
-    plan::{MapContents, Plan, RuleSpec, UsageError, endpoint_label},
+    plan::{MapContents, Plan, RuleSpec, endpoint_label},
     privileges,
     schedule::Schedule,
     signals::Signals,
@@ -534,7 +535,7 @@ impl Attachment {
 
 /// Whether attaching failed for want of the `fq` qdisc in this kernel.
 fn is_missing_fq(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<UsageError>(), Some(UsageError::Qdisc(m)) if m.contains("no fq qdisc"))
+    matches!(e.downcast_ref::<UsageError>(), Some(UsageError::NoFq))
 }
 
 /// Says `what` about `endpoint`, unless it was the last thing said.

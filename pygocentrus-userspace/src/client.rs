@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::{
     cli::{ClientArgs, SetArgs},
-    plan::{RuleSpec, UsageError},
+    error::UsageError,
+    plan::RuleSpec,
 };
 
 /// Sends one request; returns the status and the body parsed as JSON
@@ -87,8 +88,7 @@ pub async fn status(args: ClientArgs) -> Result<()> {
             r["owner"].as_str().unwrap_or_default(),
             r["rule"].as_str().unwrap_or_default()
         );
-        let counters: Vec<String> =
-            Counter::ALL.iter().map(|k| format!("{} {}", k.label(), r[k.name()])).collect();
+        let counters: Vec<String> = Counter::ALL.iter().map(|k| format!("{} {}", k.label(), r[k.name()])).collect();
         println!("  {}", counters.join(" "));
     }
     Ok(())

@@ -24,7 +24,8 @@ use serde::Deserialize;
 
 use crate::{
     cli::RuleArgs,
-    plan::{Plan, RuleSpec, UsageError},
+    error::UsageError,
+    plan::{Plan, RuleSpec},
     schedule::{Phase, Schedule},
 };
 

@@ -26,10 +26,11 @@ use self::{
 use crate::{
     attach::{Attachment, Target},
     cli::{AttachArgs, Cli, Command, DemoArgs, HookMode},
+    error::UsageError,
     guard::GuardProgram,
     hooks::Method,
     netlink::Netlink,
-    plan::{Plan, RuleSpec, UsageError},
+    plan::{Plan, RuleSpec},
     privileges,
     signals::Signals,
 };
@@ -251,7 +252,7 @@ impl Demo<'_> {
 
     async fn grpc_delay(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
         let (results, c) = match self.grpc_calls_under(9, Attack::GrpcDelay, greeter).await {
-            Err(e) if e.downcast_ref::<UsageError>().is_some_and(|u| matches!(u, UsageError::Qdisc(_))) => {
+            Err(e) if e.downcast_ref::<UsageError>().is_some_and(UsageError::is_qdisc) => {
                 println!("      skipped: {e}");
                 self.skipped.push("gRPC delay");
                 return Ok(());

@@ -27,8 +27,8 @@ use futures::channel::mpsc::UnboundedReceiver;
 use crate::{
     cli::AttachArgs,
     docker::{Docker, DockerError, DockerEvent},
+    error::UsageError,
     netlink::{Link, Netlink},
-    plan::UsageError,
 };
 
 /// `ioctl(fd, NS_GET_NSTYPE)` (linux/nsfs.h): the kind of namespace a

@@ -30,7 +30,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{hooks, netlink::Netlink, plan::UsageError};
+use crate::{error::UsageError, hooks, netlink::Netlink};
 
 /// The environment variable that names the `pygocentrus` binary, for a
 /// process that is not one (a test using [`crate::Session`]).

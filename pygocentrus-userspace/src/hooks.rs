@@ -37,8 +37,8 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::{
     cli::HookMode,
     engine::{Engine, Hook},
+    error::UsageError,
     netlink::{FqParams, Link, Netlink},
-    plan::UsageError,
 };
 
 pub const STATE_DIR: &str = "/run/pygocentrus";
@@ -289,20 +289,15 @@ async fn ensure_fq(nl: &Netlink, link: &Link, fq: &FqParams) -> Result<bool> {
     match nl.root_qdisc(link.index).await? {
         Some((kind, _)) if kind == "fq" => return Ok(false),
         Some((kind, handle)) if handle.major != 0 => {
-            return Err(UsageError::Qdisc(format!(
-                "{} has a root qdisc '{kind}' of its own; delay and rate need fq there: remove it or leave out --delay/--rate",
-                link.name
-            ))
-            .into());
+            return Err(UsageError::ForeignRootQdisc { iface: link.name.clone(), kind }.into());
         }
         _ => {}
     }
     match nl.set_root_fq(link.index, fq).await {
         Ok(()) => Ok(true),
-        Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EINVAL)) => Err(UsageError::Qdisc(
-            "this kernel has no fq qdisc, which --delay and --rate need: load it with 'modprobe sch_fq'".to_owned(),
-        )
-        .into()),
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EINVAL)) => {
+            Err(UsageError::NoFq.into())
+        }
         Err(e) => Err(anyhow::Error::from(e).context(format!("adding an fq qdisc to {}", link.name))),
     }
 }

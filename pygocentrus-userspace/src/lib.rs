@@ -34,6 +34,7 @@ pub mod dist;
 pub mod docker;
 pub mod endpoint;
 pub mod engine;
+pub mod error;
 pub mod guard;
 pub mod hooks;
 pub mod netlink;
@@ -49,7 +50,7 @@ pub mod toxi;
 pub mod units;
 
 pub use cli::{Direction, HookMode, Proto};
-pub use plan::UsageError;
+pub use error::UsageError;
 pub use pygocentrus_common::Counters;
 pub use session::{Faults, Session, Target};
 pub use stats::Reading;

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use crate::{
+    error::UsageError,
     netlink::FqParams,
-    plan::{Plan, RuleSpec, UsageError},
+    plan::{Plan, RuleSpec},
 };
 
 #[derive(Clone, Debug, PartialEq)]

@@ -12,9 +12,10 @@ use crate::{
     api::{self, EngineRequest, Server, State, Tally},
     attach::{Attachment, Events, Fq, plan_of},
     cli::ServeArgs,
+    error::UsageError,
     guard::GuardProgram,
     netlink::FqParams,
-    plan::{UsageError, endpoint_label},
+    plan::endpoint_label,
     privileges,
     signals::Signals,
 };

@@ -15,7 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use pygocentrus::{
     cli::RuleArgs,
     config::ConfigFile,
-    plan::{Plan, UsageError},
+    error::UsageError,
+    plan::Plan,
     schedule::Schedule,
 };
 
