@@ -13,11 +13,8 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use pygocentrus::{
-    cli::RuleArgs,
-    config::ConfigFile,
     error::UsageError,
-    plan::Plan,
-    schedule::Schedule,
+    rules::{ConfigFile, Plan, RuleArgs, Schedule},
 };
 
 /// How many changes of a schedule are walked through.

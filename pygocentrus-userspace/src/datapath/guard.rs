@@ -30,7 +30,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{error::UsageError, hooks, netlink::Netlink};
+use super::{hooks, netlink::Netlink};
+use crate::error::UsageError;
 
 /// The environment variable that names the `pygocentrus` binary, for a
 /// process that is not one (a test using [`crate::Session`]).

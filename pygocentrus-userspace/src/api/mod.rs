@@ -2,10 +2,12 @@
 //! codes as Toxiproxy 2.x), pygocentrus's own under `/pygocentrus/` (what
 //! `set`, `status` and `reset` use), and `/metrics` for Prometheus.
 //!
-//! Handlers never touch the maps: they change a copy of the [`State`],
+//! Handlers never touch the maps: they change a copy of the [`ApiState`],
 //! turn it into a [`Plan`] and send it to the loop that owns the
 //! attachment, which answers once the maps hold it; only then is the copy
 //! kept. So a reply means the faults are in force.
+
+pub mod toxi;
 
 use std::sync::Arc;
 
@@ -23,42 +25,23 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use pygocentrus_common::Counters;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use self::toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput};
 use crate::{
-    cli::RuleArgs,
-    plan::{Plan, RuleSpec},
-    toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput},
+    control::live::{EngineRequest, Tally},
+    rules::{Plan, RuleArgs, RuleSpec},
 };
 
 /// The largest request body accepted (a `/populate` of a few hundred
 /// proxies fits).
 pub const BODY_LIMIT: usize = 256 * 1024;
 
-/// What the API asks of the loop that owns the attachment.
-pub enum EngineRequest {
-    /// Put this plan to work; the answer says whether the maps hold it.
-    Apply(Plan, oneshot::Sender<Result<(), String>>),
-    /// Read the counters.
-    Counters(oneshot::Sender<Result<Tally, String>>),
-}
-
-/// The counters of the rules in force.
-#[derive(Clone, Debug, Default)]
-pub struct Tally {
-    /// The kernel's id of each rule, in the plan's order: a rule keeps its
-    /// id while it stays in force, wherever other rules come and go.
-    pub ids: Vec<u32>,
-    /// The totals, then one per rule, in the plan's order.
-    pub slots: Vec<Counters>,
-}
-
 /// Everything the API set, and the rules it started with.
 #[derive(Clone, Debug, Default)]
-pub struct State {
+pub struct ApiState {
     /// Rules of `--config`, kept by `reset`.
     pub base: Vec<RuleSpec>,
     /// Rules set with `pygocentrus set`, by name, in the order set.
@@ -69,7 +52,7 @@ pub struct State {
     pub endpoint: Option<String>,
 }
 
-impl State {
+impl ApiState {
     /// The plan, and who owns each of its rules (`config rule 1`,
     /// `rule NAME`, `proxy NAME upstream`).
     fn plan(&self) -> Result<(Plan, Vec<String>), ApiError> {
@@ -100,7 +83,7 @@ impl State {
 }
 
 pub struct Server {
-    state: Mutex<State>,
+    state: Mutex<ApiState>,
     engine: mpsc::Sender<EngineRequest>,
     token: Option<String>,
 }
@@ -108,13 +91,13 @@ pub struct Server {
 type Shared = Arc<Server>;
 
 impl Server {
-    pub fn new(state: State, engine: mpsc::Sender<EngineRequest>, token: Option<String>) -> Shared {
+    pub fn new(state: ApiState, engine: mpsc::Sender<EngineRequest>, token: Option<String>) -> Shared {
         Arc::new(Self { state: Mutex::new(state), engine, token })
     }
 
     /// Runs `change` on a copy of the state, puts the result to work, and
     /// keeps it if the maps took it. Returns what `change` returned.
-    async fn change<T>(&self, change: impl FnOnce(&mut State) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    async fn change<T>(&self, change: impl FnOnce(&mut ApiState) -> Result<T, ApiError>) -> Result<T, ApiError> {
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         let out = change(&mut next)?;
@@ -215,7 +198,7 @@ async fn resolve(upstream: &str) -> Result<std::net::SocketAddr, ApiError> {
     Ok(target)
 }
 
-fn add_proxy(state: &mut State, proxy: Proxy) -> Result<(), ApiError> {
+fn add_proxy(state: &mut ApiState, proxy: Proxy) -> Result<(), ApiError> {
     if state.proxies.iter().any(|p| p.name == proxy.name) {
         return Err(ApiError::conflict("proxy already exists"));
     }

@@ -9,6 +9,7 @@
 
 mod grpc;
 mod lab;
+mod netns;
 mod traffic;
 
 use std::{fmt::Display, time::Duration};
@@ -23,16 +24,21 @@ use self::{
     lab::{ADDR_A, ADDR_B, BRIDGE, ETH, Lab, PORT_A, PORT_B, ip_checksum_errors},
     traffic::{TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp, wait_reachable},
 };
+use super::{
+    attach::rule_of,
+    cli::{AttachArgs, Cli, Command, DemoArgs},
+};
 use crate::{
-    attach::{Attachment, Target},
-    cli::{AttachArgs, Cli, Command, DemoArgs, HookMode},
+    control::{attachment::Attachment, signals::Signals},
+    datapath::{
+        guard::GuardProgram,
+        hooks::{HookMode, Method},
+        netlink::Netlink,
+        privileges,
+    },
     error::UsageError,
-    guard::GuardProgram,
-    hooks::Method,
-    netlink::Netlink,
-    plan::{Plan, RuleSpec},
-    privileges,
-    signals::Signals,
+    rules::Plan,
+    targets::Resolved,
 };
 
 const PHASES: usize = 9;
@@ -429,11 +435,12 @@ impl Demo<'_> {
     ) -> Result<(T, Counters)> {
         let (line, args) = attack.command(self.args.hook)?;
         println!("      $ {line}");
-        let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
+        let plan = Plan { rules: vec![rule_of(&args)?] };
         let nl = Netlink::open()?;
         let bridge = nl.existing_link(BRIDGE).await?;
         let method = Method::resolve(args.hook)?;
-        let attachment = Attachment::start(plan, nl, Target::Iface(bridge), method, &GuardProgram::ThisBinary).await?;
+        let attachment =
+            Attachment::start(plan, nl, Resolved::Iface(bridge), method, &GuardProgram::ThisBinary).await?;
         println!("      attached to {attachment}");
         let result = self.unless_stopped(traffic).await;
         let counters = attachment.counters();
@@ -544,7 +551,7 @@ mod tests {
         ] {
             for hook in [HookMode::Auto, HookMode::Netlink] {
                 let (line, args) = attack.command(hook).unwrap();
-                RuleSpec::from_attach(&args).unwrap();
+                rule_of(&args).unwrap();
                 assert_eq!(line.contains("--hook netlink"), hook == HookMode::Netlink, "{line}");
             }
         }

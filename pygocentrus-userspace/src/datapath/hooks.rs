@@ -32,16 +32,25 @@ use aya::{
     },
     util::KernelVersion,
 };
+use clap::ValueEnum;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::{
-    cli::HookMode,
+use super::{
     engine::{Engine, Hook},
-    error::UsageError,
-    netlink::{FqParams, Link, Netlink},
+    netlink::{Link, Netlink},
 };
+use crate::{error::UsageError, rules::FqParams};
 
 pub const STATE_DIR: &str = "/run/pygocentrus";
+
+// `--hook`: TCX links, clsact and cls_bpf filters through netlink, or
+// whichever the kernel has (TCX first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HookMode {
+    Auto,
+    Tcx,
+    Netlink,
+}
 
 /// How hooks are made, once resolved from [`HookMode`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

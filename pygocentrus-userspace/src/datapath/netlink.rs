@@ -21,6 +21,8 @@ use rtnetlink::{
 };
 use thiserror::Error;
 
+use crate::rules::FqParams;
+
 #[derive(Debug, Error)]
 pub enum NetlinkError {
     #[error("opening a netlink socket: {0}")]
@@ -41,18 +43,6 @@ impl NetlinkError {
             _ => None,
         }
     }
-}
-
-/// How the `fq` qdisc that enforces departure times is sized.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FqParams {
-    /// Packets the qdisc may hold in all (`limit`).
-    pub limit: u32,
-    /// Packets one flow may hold (`flow_limit`).
-    pub flow_limit: u32,
-    /// Packets stamped further than this in the future are capped to it,
-    /// not dropped (`horizon`, microseconds; `horizon_cap`).
-    pub horizon_us: u32,
 }
 
 // From linux/pkt_sched.h.
