@@ -353,6 +353,10 @@ impl Session {
     /// Hooks the classifier onto `target` with `faults` at work. Refused,
     /// with nothing attached, as `pygocentrus attach` refuses: not root,
     /// no such interface, container or namespace, invalid faults...
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "public API: the builder's Faults is handed over, as the tests and examples write it"
+    )]
     pub fn attach(target: Target, faults: Faults) -> Result<Self> {
         let endpoint = target.scope.endpoint_label();
         let plan = faults.plan(endpoint.as_deref())?;
@@ -428,6 +432,10 @@ impl Session {
     /// the faults. In force when this returns. Refused, with nothing
     /// changed, if the faults are invalid (or need `fq`, which this kernel
     /// lacks). The counters of every rule that changed start from zero.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "public API: the builder's Faults is handed over, as the tests and examples write it"
+    )]
     pub fn set_faults(&self, faults: Faults) -> Result<()> {
         let plan = faults.plan(self.endpoint.as_deref())?;
         let mut current = self.plan.lock().unwrap_or_else(PoisonError::into_inner);

@@ -212,8 +212,8 @@ impl Demo<'_> {
         self.verdict(
             "gRPC baseline",
             ok == results.len(),
-            format!("every call answers, within {} each (deadline {})", slowest(&results), ms(grpc::DEADLINE)),
-            format!("only {ok} of {} calls answered without any fault", results.len()),
+            &format!("every call answers, within {} each (deadline {})", slowest(&results), ms(grpc::DEADLINE)),
+            &format!("only {ok} of {} calls answered without any fault", results.len()),
         );
         Ok(())
     }
@@ -226,9 +226,8 @@ impl Demo<'_> {
             "gRPC drop",
             failed == results.len() && c.dropped > 0,
             "every call fails with DEADLINE_EXCEEDED or UNAVAILABLE, as on a dead link: \
-             the client dialed the server's own address all along"
-                .to_owned(),
-            format!("{failed} of {} calls failed that way; pygocentrus dropped {}", results.len(), c.dropped),
+             the client dialed the server's own address all along",
+            &format!("{failed} of {} calls failed that way; pygocentrus dropped {}", results.len(), c.dropped),
         );
         Ok(())
     }
@@ -242,12 +241,12 @@ impl Demo<'_> {
         self.verdict(
             "gRPC reset",
             failed == results.len() && c.reset > 0,
-            format!(
+            &format!(
                 "every call fails fast: the open connection is reset (UNKNOWN: connection reset), \
                  new ones are refused (UNAVAILABLE), the slowest in {}",
                 slowest(&results)
             ),
-            format!(
+            &format!(
                 "{failed} of {} calls failed with UNKNOWN or UNAVAILABLE; pygocentrus made {} resets",
                 results.len(),
                 c.reset
@@ -273,8 +272,8 @@ impl Demo<'_> {
         self.verdict(
             "gRPC delay",
             slow == results.len() && c.delayed > 0,
-            format!("every call answers, each after at least {} (request and answer each wait)", ms(floor)),
-            format!("{slow} of {} calls answered after {} or more", results.len(), ms(floor)),
+            &format!("every call answers, each after at least {} (request and answer each wait)", ms(floor)),
+            &format!("{slow} of {} calls answered after {} or more", results.len(), ms(floor)),
         );
         Ok(())
     }
@@ -319,8 +318,8 @@ impl Demo<'_> {
         self.verdict(
             "baseline",
             echoed == tcp.len() && udp.lost() == 0 && udp.damaged == 0,
-            format!("everything arrives, intact (an echo takes {})", ms(fastest)),
-            format!(
+            &format!("everything arrives, intact (an echo takes {})", ms(fastest)),
+            &format!(
                 "traffic suffers without any fault, so the next phases would mean nothing: \
                  TCP {}; UDP {} lost, {} damaged",
                 list(&tcp),
@@ -340,8 +339,8 @@ impl Demo<'_> {
         self.verdict(
             "drop",
             c.dropped == udp.lost() && udp.damaged == 0 && plausible(c.dropped, udp.sent, attack),
-            format!("B lost {share:.1}% ({}% asked): exactly the datagrams pygocentrus dropped", attack.percent()),
-            format!("B lost {} ({share:.1}%), pygocentrus dropped {}", udp.lost(), c.dropped),
+            &format!("B lost {share:.1}% ({}% asked): exactly the datagrams pygocentrus dropped", attack.percent()),
+            &format!("B lost {} ({share:.1}%), pygocentrus dropped {}", udp.lost(), c.dropped),
         );
         Ok(())
     }
@@ -372,12 +371,12 @@ impl Demo<'_> {
         self.verdict(
             "reset",
             matches!(on_open, TcpOutcome::Reset) && refused == new.len() && c.reset > u64::from(CONNECTIONS),
-            format!(
+            &format!(
                 "the open connection gets ECONNRESET, new ones ECONNREFUSED within {}: \
                  like a crashed server",
                 ms(slowest)
             ),
-            format!("expected a reset, then refusals; got {on_open}, then {}", list(&new)),
+            &format!("expected a reset, then refusals; got {on_open}, then {}", list(&new)),
         );
         Ok(())
     }
@@ -394,8 +393,8 @@ impl Demo<'_> {
         self.verdict(
             "corrupt-payload",
             udp.lost() == 0 && udp.damaged == c.corrupted_payload && plausible(udp.damaged, udp.sent, attack),
-            "all arrive, checksums valid: B's application got exactly the altered ones".to_owned(),
-            format!(
+            "all arrive, checksums valid: B's application got exactly the altered ones",
+            &format!(
                 "B got {} altered of {} received; pygocentrus altered {}",
                 udp.damaged, udp.received, c.corrupted_payload
             ),
@@ -418,9 +417,8 @@ impl Demo<'_> {
                 && udp.damaged == 0
                 && plausible(c.corrupted, udp.sent, attack),
             "B's kernel threw each damaged one away (bad IP checksum): \
-             the application never saw them"
-                .to_owned(),
-            format!("pygocentrus damaged {}, B's kernel counted {discarded}, B lost {}", c.corrupted, udp.lost()),
+             the application never saw them",
+            &format!("pygocentrus damaged {}, B's kernel counted {discarded}, B lost {}", c.corrupted, udp.lost()),
         );
         Ok(())
     }
@@ -457,7 +455,7 @@ impl Demo<'_> {
         }
     }
 
-    fn verdict(&mut self, phase: &'static str, ok: bool, success: String, failure: String) {
+    fn verdict(&mut self, phase: &'static str, ok: bool, success: &str, failure: &str) {
         if ok {
             println!("      ok: {success}");
         } else {

@@ -248,10 +248,7 @@ pub fn link_events() -> Result<UnboundedReceiver<LinkEvent>, NetlinkError> {
     tokio::spawn(async move {
         let mut messages = messages;
         while let Some((msg, _)) = messages.next().await {
-            let event = match link_event(msg) {
-                Some(e) => e,
-                None => continue,
-            };
+            let Some(event) = link_event(msg) else { continue };
             if tx.unbounded_send(event).is_err() {
                 break;
             }
