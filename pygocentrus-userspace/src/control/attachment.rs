@@ -16,7 +16,8 @@ use crate::{
     datapath::{
         engine::Engine,
         guard::{Guard, GuardProgram},
-        hooks::{self, Hooks, Method},
+        hooks::{Hooks, Method},
+        leftovers,
         netlink::{Link, LinkEvent, Netlink, link_events},
     },
     error::UsageError,
@@ -370,7 +371,7 @@ impl Attachment {
 /// calling this, so that a change in between is not missed.
 async fn resolve(scope: &Scope, nl: &Netlink) -> Result<(Resolved, Option<UnboundedReceiver<DockerEvent>>)> {
     let resolved = Resolved::of(scope, nl).await?;
-    for name in hooks::clean_leftovers(nl).await? {
+    for name in leftovers::clean_leftovers(nl).await? {
         eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
     }
     Ok(resolved)
