@@ -7,6 +7,7 @@
 //! attachment, which answers once the maps hold it; only then is the copy
 //! kept. So a reply means the faults are in force.
 
+pub mod state;
 pub mod toxi;
 
 use std::sync::Arc;
@@ -29,58 +30,16 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+pub use self::state::ApiState;
 use self::toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput};
 use crate::{
     control::live::{EngineRequest, Tally},
-    rules::{Plan, RuleArgs, RuleSpec},
+    rules::{RuleArgs, RuleSpec},
 };
 
 /// The largest request body accepted (a `/populate` of a few hundred
 /// proxies fits).
 pub const BODY_LIMIT: usize = 256 * 1024;
-
-/// Everything the API set, and the rules it started with.
-#[derive(Clone, Debug, Default)]
-pub struct ApiState {
-    /// Rules of `--config`, kept by `reset`.
-    pub base: Vec<RuleSpec>,
-    /// Rules set with `pygocentrus set`, by name, in the order set.
-    pub rules: Vec<(String, RuleSpec, RuleArgs)>,
-    /// Toxiproxy's proxies, in the order created.
-    pub proxies: Vec<Proxy>,
-    /// `--container`/`--netns` label of every rule.
-    pub endpoint: Option<String>,
-}
-
-impl ApiState {
-    /// The plan, and who owns each of its rules (`config rule 1`,
-    /// `rule NAME`, `proxy NAME upstream`).
-    fn plan(&self) -> Result<(Plan, Vec<String>), ApiError> {
-        let mut rules = Vec::new();
-        let mut owners = Vec::new();
-        for (i, r) in self.base.iter().enumerate() {
-            rules.push(r.clone());
-            owners.push(format!("config rule {}", i + 1));
-        }
-        for (name, r, _) in &self.rules {
-            rules.push(r.clone());
-            owners.push(format!("rule {name}"));
-        }
-        for p in &self.proxies {
-            for r in p.rules(self.endpoint.as_deref())? {
-                owners.push(format!("proxy {}", p.name));
-                rules.push(r);
-            }
-        }
-        let plan = Plan { rules };
-        plan.map_contents().map_err(|e| ApiError::conflict(e.to_string()))?;
-        Ok((plan, owners))
-    }
-
-    fn proxy(&self, name: &str) -> Result<usize, ApiError> {
-        self.proxies.iter().position(|p| p.name == name).ok_or_else(|| ApiError::not_found("proxy not found"))
-    }
-}
 
 pub struct Server {
     state: Mutex<ApiState>,

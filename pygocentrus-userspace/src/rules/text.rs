@@ -96,8 +96,9 @@ pub mod de {
     }
 }
 
-/// Serializers for [`RuleArgs`] as JSON (`pygocentrus set` sends a rule to
-/// `serve`): each value as text its parser reads back exactly.
+/// Serializers for [`RuleArgs`](crate::rules::RuleArgs) as JSON
+/// (`pygocentrus set` sends a rule to `serve`): each value as text its
+/// parser reads back exactly.
 pub mod ser {
     use std::{fmt::Display, time::Duration};
 
