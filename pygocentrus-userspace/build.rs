@@ -1,5 +1,5 @@
 //! Builds the kernel program with aya-build (nightly + bpf-linker) and leaves
-//! the object in OUT_DIR, where `src/engine.rs` embeds it in the binary.
+//! the object in OUT_DIR, where `src/datapath/engine.rs` embeds it in the binary.
 
 use std::{env, fs, path::PathBuf};
 

@@ -1,12 +1,33 @@
 //! pygocentrus: packet-level network fault injection with an eBPF TC
-//! classifier. The path of a fault is visible in the modules:
+//! classifier.
 //!
-//! `cli` (what the user typed) → `plan` (validated rules and the exact map
-//! entries) → `engine` (the loaded object, the only code touching maps) →
-//! `hooks` (TCX links or clsact filters on interfaces) → the kernel program
-//! → `stats` (counters as the user sees them). `attach` runs the whole path;
-//! `endpoint` (with `docker`) finds the veths of `--container` and
-//! `--netns`; `demo` builds a lab in network namespaces and runs it there.
+//! The path of a fault is visible in the folders: what the user typed
+//! (`commands::cli`, a config file, the API's JSON, a session's
+//! [`Faults`]) → validated rules and the exact map entries (`rules`) → the
+//! loaded object and its hooks (`datapath`) on what `--iface`,
+//! `--container` or `--netns` name (`targets`) → an attachment kept at
+//! work on its target, and its counters (`control`) → what the user sees.
+//!
+//! Imports go one way, down this list; no module names one above it:
+//!
+//! - `commands` (the binary's subcommands: `cli`, `attach`, `serve`,
+//!   `client`, `demo`) and `session` (the library's [`Session`]): the top,
+//!   used by nothing in the crate;
+//! - `api`: `serve`'s HTTP API (Toxiproxy's and pygocentrus's own);
+//! - `control`: [`Attachment`](control::attachment::Attachment), the one
+//!   control loop `serve` and sessions share (`control::live`), counters
+//!   as the user sees them, signals;
+//! - `targets`: the [`Scope`](targets::Scope) of an attachment (shared by
+//!   `attach`, `serve` and sessions), containers, namespaces;
+//! - `datapath`: privileges, netlink, the engine (the only code touching
+//!   maps), hooks, the guard of a killed run;
+//! - `rules`: from a rule as written to the kernel's values (`units`,
+//!   `values`, `args`, `spec`, `display`, `encode`, `validate`, `plan`,
+//!   `schedule`, `config`: the same one-way order inside);
+//! - `error`: [`UsageError`], input that cannot work; the bottom.
+//!
+//! `demo` builds a lab in network namespaces and runs `attach`'s path
+//! there.
 //!
 //! As a library, for tests: a [`Session`] attaches as `attach` does and
 //! changes its faults live as `serve` does, and detaches when dropped.
@@ -25,31 +46,20 @@
 //! ```
 
 pub mod api;
-pub mod attach;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod demo;
-pub mod dist;
-pub mod docker;
-pub mod endpoint;
-pub mod engine;
-pub mod guard;
-pub mod hooks;
-pub mod netlink;
-pub mod netns;
-pub mod plan;
-pub mod privileges;
-pub mod schedule;
-pub mod serve;
+pub mod commands;
+pub mod control;
+pub mod datapath;
+pub mod error;
+pub mod rules;
 pub mod session;
-pub mod signals;
-pub mod stats;
-pub mod toxi;
-pub mod units;
+pub mod targets;
 
-pub use cli::{Direction, HookMode, Proto};
-pub use plan::UsageError;
 pub use pygocentrus_common::Counters;
-pub use session::{Faults, Session, Target};
-pub use stats::Reading;
+
+pub use self::{
+    control::stats::Reading,
+    datapath::hooks::HookMode,
+    error::UsageError,
+    rules::{Direction, Proto},
+    session::{Faults, Session, Target},
+};

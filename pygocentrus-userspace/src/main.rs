@@ -3,7 +3,11 @@ use std::process::ExitCode;
 use clap::{Parser as _, error::ErrorKind};
 use pygocentrus::{
     UsageError,
-    cli::{Cli, Command},
+    commands::{
+        self,
+        cli::{Cli, Command},
+    },
+    datapath::guard,
 };
 
 /// Bad input: one line on stderr, nothing attached.
@@ -30,13 +34,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Attach(args) => pygocentrus::attach::run(*args).await,
-            Command::Serve(args) => pygocentrus::serve::run(*args).await,
-            Command::Set(args) => pygocentrus::client::set(*args).await,
-            Command::Status(args) => pygocentrus::client::status(args).await,
-            Command::Reset(args) => pygocentrus::client::reset(args).await,
-            Command::Demo(args) => pygocentrus::demo::run(args).await,
-            Command::Guard(args) => pygocentrus::guard::run(&args.run, &args.state).await,
+            Command::Attach(args) => commands::attach::run(*args).await,
+            Command::Serve(args) => commands::serve::run(*args).await,
+            Command::Set(args) => commands::client::set(*args).await,
+            Command::Status(args) => commands::client::status(args).await,
+            Command::Reset(args) => commands::client::reset(args).await,
+            Command::Demo(args) => commands::demo::run(args).await,
+            Command::Guard(args) => guard::run(&args.run, &args.state).await,
         }
     });
     match result {

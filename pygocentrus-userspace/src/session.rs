@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Underneath it is `serve` without the HTTP: [`Attachment::open`] as
-//! `attach` and `serve` start, then [`crate::serve::live`], the loop that
+//! `attach` and `serve` start, then [`crate::control::live`], the loop that
 //! follows the target (ports that join the bridge, a container that
 //! restarts) and puts new rules to work through the maps alone. It runs on
 //! a thread of its own, with a runtime of its own, so a session works the
@@ -54,39 +54,38 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use clap::Parser as _;
 use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    api::EngineRequest,
-    attach::{Attachment, Fq},
-    cli::{AttachArgs, Direction, HookMode, Proto, RuleArgs},
-    config::ConfigFile,
-    guard::GuardProgram,
-    plan::{Plan, RuleSpec, UsageError, endpoint_label},
-    privileges,
-    serve::{SERVE_FQ, live},
-    stats::Reading,
-    units::{parse_percent, parse_rate},
+    control::{
+        attachment::{Attachment, Fq},
+        live::{EngineRequest, SERVE_FQ, live},
+        stats::Reading,
+    },
+    datapath::{guard::GuardProgram, hooks::HookMode, privileges},
+    error::UsageError,
+    rules::{
+        ConfigFile, Direction, Plan, Proto, RuleArgs, RuleSpec,
+        args::parse_flags,
+        units::{parse_percent, parse_rate},
+    },
+    targets::Scope,
 };
 
 /// What a [`Session`] hooks, and how: `attach`'s `--iface`, `--container`
 /// or `--netns`, and `--hook`.
 #[derive(Clone, Debug)]
 pub struct Target {
-    iface: Option<String>,
-    container: Option<String>,
-    netns: Option<String>,
-    hook: HookMode,
+    scope: Scope,
     within: Option<PathBuf>,
     guard: GuardProgram,
 }
 
 impl Target {
     fn scope(iface: Option<String>, container: Option<String>, netns: Option<String>) -> Self {
-        Self { iface, container, netns, hook: HookMode::Auto, within: None, guard: GuardProgram::Find }
+        Self { scope: Scope { iface, container, netns, hook: HookMode::Auto }, within: None, guard: GuardProgram::Find }
     }
 
     /// A bridge (every port, including those that join later) or any other
@@ -119,7 +118,7 @@ impl Target {
     /// How to hook, as `--hook`: TCX links where the kernel has them
     /// (the default, `Auto`), or clsact and cls_bpf filters.
     pub fn hook(mut self, mode: HookMode) -> Self {
-        self.hook = mode;
+        self.scope.hook = mode;
         self
     }
 
@@ -135,20 +134,6 @@ impl Target {
     pub fn without_guard(mut self) -> Self {
         self.guard = GuardProgram::Off;
         self
-    }
-
-    /// The scope as `attach` takes it, to resolve it the same way.
-    fn attach_args(&self) -> AttachArgs {
-        AttachArgs {
-            iface: self.iface.clone(),
-            container: self.container.clone(),
-            netns: self.netns.clone(),
-            config: None,
-            rule: RuleArgs::default(),
-            duration: None,
-            json: false,
-            hook: self.hook,
-        }
     }
 }
 
@@ -182,18 +167,12 @@ impl Faults {
     /// One rule written as `attach`'s flags, without the scope:
     /// `"--ip 198.18.0.2 --port 6379 --proto tcp --reset 100"`.
     pub fn parse(flags: &str) -> Result<Self, UsageError> {
-        #[derive(clap::Parser)]
-        #[command(name = "rule", no_binary_name = true, disable_help_flag = true)]
-        struct Flags {
-            #[command(flatten)]
-            rule: RuleArgs,
-        }
-        let parsed = Flags::try_parse_from(flags.split_whitespace()).map_err(|e| {
+        let rule = parse_flags(flags).map_err(|e| {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
             UsageError::Rule(format!("'{flags}': {}", first.strip_prefix("error: ").unwrap_or(first)))
         })?;
-        Ok(Self { rules: vec![parsed.rule], problem: None })
+        Ok(Self { rules: vec![rule], problem: None })
     }
 
     /// The `[[rule]]` tables of a config file (README, "Config file").
@@ -374,9 +353,12 @@ impl Session {
     /// Hooks the classifier onto `target` with `faults` at work. Refused,
     /// with nothing attached, as `pygocentrus attach` refuses: not root,
     /// no such interface, container or namespace, invalid faults...
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "public API: the builder's Faults is handed over, as the tests and examples write it"
+    )]
     pub fn attach(target: Target, faults: Faults) -> Result<Self> {
-        let args = target.attach_args();
-        let endpoint = endpoint_label(&args);
+        let endpoint = target.scope.endpoint_label();
         let plan = faults.plan(endpoint.as_deref())?;
         privileges::check()?;
         let (tx, mut requests) = mpsc::channel(1);
@@ -400,7 +382,8 @@ impl Session {
                     .build()
                     .context("starting the session's runtime")?;
                 runtime.block_on(async move {
-                    let opened = Attachment::open(&args, first, Fq::WhereAvailable(SERVE_FQ), &target.guard).await;
+                    let opened =
+                        Attachment::open(&target.scope, first, Fq::WhereAvailable(SERVE_FQ), &target.guard).await;
                     let (mut attachment, mut events) = match opened {
                         Ok(opened) => opened,
                         Err(e) => {
@@ -449,6 +432,10 @@ impl Session {
     /// the faults. In force when this returns. Refused, with nothing
     /// changed, if the faults are invalid (or need `fq`, which this kernel
     /// lacks). The counters of every rule that changed start from zero.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "public API: the builder's Faults is handed over, as the tests and examples write it"
+    )]
     pub fn set_faults(&self, faults: Faults) -> Result<()> {
         let plan = faults.plan(self.endpoint.as_deref())?;
         let mut current = self.plan.lock().unwrap_or_else(PoisonError::into_inner);

@@ -47,7 +47,7 @@ struct Function {
 }
 
 pub fn run(args: &StackArgs) -> Result<()> {
-    let functions = functions(pygocentrus::engine::object())?;
+    let functions = functions(pygocentrus::datapath::engine::object())?;
     let mut worst = 0;
     for name in functions.iter().filter(|(_, f)| f.classifier).map(|(name, _)| name) {
         let (depth, chain) = deepest(&functions, name, 0)?;

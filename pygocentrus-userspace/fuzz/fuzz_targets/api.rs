@@ -21,8 +21,8 @@ use axum::{
 };
 use libfuzzer_sys::fuzz_target;
 use pygocentrus::{
-    api::{self, EngineRequest, Server, State, Tally},
-    toxi::ProxyInput,
+    api::{self, ApiState, Server, toxi::ProxyInput},
+    control::live::{EngineRequest, Tally},
 };
 use serde_json::Value;
 use tokio::{runtime::Runtime, sync::mpsc};
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
 async fn session(data: &[u8]) {
     let (tx, rx) = mpsc::channel(16);
     let engine = tokio::spawn(engine(rx));
-    let app = api::router(Server::new(State::default(), tx, None));
+    let app = api::router(Server::new(ApiState::default(), tx, None));
     for line in data.split(|b| *b == b'\n').take(REQUESTS) {
         let Some((method, uri, body)) = request(line) else { continue };
         let changes = method != Method::GET;

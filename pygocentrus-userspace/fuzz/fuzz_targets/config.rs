@@ -1,6 +1,7 @@
 //! The path a `--config` file takes: its text → [`ConfigFile`] (TOML, the
-//! units of `units.rs`) → the validated schedule of `attach` and the plan of
-//! `serve` (`plan.rs`) → the map entries of every moment of the schedule.
+//! units of `rules::units`) → the validated schedule of `attach` and the
+//! plan of `serve` (`rules::config`) → the map entries of every moment of
+//! the schedule.
 //!
 //! Invariants: nothing panics; a refused file is an error value with a
 //! one-line message; a schedule that was accepted never has a moment whose
@@ -13,10 +14,8 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use pygocentrus::{
-    cli::RuleArgs,
-    config::ConfigFile,
-    plan::{Plan, UsageError},
-    schedule::Schedule,
+    error::UsageError,
+    rules::{ConfigFile, Plan, RuleArgs, Schedule},
 };
 
 /// How many changes of a schedule are walked through.

@@ -18,9 +18,12 @@ use anyhow::{Context as _, Result, bail};
 use aya::{TestRun as _, TestRunOptions, programs::SchedClassifier};
 use clap::Parser as _;
 use pygocentrus::{
-    cli::{Cli, Command},
-    engine::{Engine, Hook},
-    plan::{Plan, RuleSpec},
+    commands::{
+        attach::rule_of,
+        cli::{Cli, Command},
+    },
+    datapath::engine::{Engine, Hook},
+    rules::{Plan, RuleSpec},
 };
 use pygocentrus_common::Counters;
 
@@ -352,7 +355,7 @@ fn rule_spec(flags: &str) -> Result<RuleSpec> {
     let Command::Attach(args) = cli.command else {
         bail!("`{flags}` did not parse as attach flags");
     };
-    RuleSpec::from_attach(&args).with_context(|| format!("validating `{flags}`"))
+    rule_of(&args).with_context(|| format!("validating `{flags}`"))
 }
 
 fn verdict(ret: u32) -> String {

@@ -2,10 +2,13 @@
 //! codes as Toxiproxy 2.x), pygocentrus's own under `/pygocentrus/` (what
 //! `set`, `status` and `reset` use), and `/metrics` for Prometheus.
 //!
-//! Handlers never touch the maps: they change a copy of the [`State`],
+//! Handlers never touch the maps: they change a copy of the [`ApiState`],
 //! turn it into a [`Plan`] and send it to the loop that owns the
 //! attachment, which answers once the maps hold it; only then is the copy
 //! kept. So a reply means the faults are in force.
+
+pub mod state;
+pub mod toxi;
 
 use std::sync::Arc;
 
@@ -23,84 +26,23 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use pygocentrus_common::Counters;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+pub use self::state::ApiState;
+use self::toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput};
 use crate::{
-    cli::RuleArgs,
-    plan::{Plan, RuleSpec},
-    toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput},
+    control::live::{EngineRequest, Tally},
+    rules::{RuleArgs, RuleSpec},
 };
 
 /// The largest request body accepted (a `/populate` of a few hundred
 /// proxies fits).
 pub const BODY_LIMIT: usize = 256 * 1024;
 
-/// What the API asks of the loop that owns the attachment.
-pub enum EngineRequest {
-    /// Put this plan to work; the answer says whether the maps hold it.
-    Apply(Plan, oneshot::Sender<Result<(), String>>),
-    /// Read the counters.
-    Counters(oneshot::Sender<Result<Tally, String>>),
-}
-
-/// The counters of the rules in force.
-#[derive(Clone, Debug, Default)]
-pub struct Tally {
-    /// The kernel's id of each rule, in the plan's order: a rule keeps its
-    /// id while it stays in force, wherever other rules come and go.
-    pub ids: Vec<u32>,
-    /// The totals, then one per rule, in the plan's order.
-    pub slots: Vec<Counters>,
-}
-
-/// Everything the API set, and the rules it started with.
-#[derive(Clone, Debug, Default)]
-pub struct State {
-    /// Rules of `--config`, kept by `reset`.
-    pub base: Vec<RuleSpec>,
-    /// Rules set with `pygocentrus set`, by name, in the order set.
-    pub rules: Vec<(String, RuleSpec, RuleArgs)>,
-    /// Toxiproxy's proxies, in the order created.
-    pub proxies: Vec<Proxy>,
-    /// `--container`/`--netns` label of every rule.
-    pub endpoint: Option<String>,
-}
-
-impl State {
-    /// The plan, and who owns each of its rules (`config rule 1`,
-    /// `rule NAME`, `proxy NAME upstream`).
-    fn plan(&self) -> Result<(Plan, Vec<String>), ApiError> {
-        let mut rules = Vec::new();
-        let mut owners = Vec::new();
-        for (i, r) in self.base.iter().enumerate() {
-            rules.push(r.clone());
-            owners.push(format!("config rule {}", i + 1));
-        }
-        for (name, r, _) in &self.rules {
-            rules.push(r.clone());
-            owners.push(format!("rule {name}"));
-        }
-        for p in &self.proxies {
-            for r in p.rules(self.endpoint.as_deref())? {
-                owners.push(format!("proxy {}", p.name));
-                rules.push(r);
-            }
-        }
-        let plan = Plan { rules };
-        plan.map_contents().map_err(|e| ApiError::conflict(e.to_string()))?;
-        Ok((plan, owners))
-    }
-
-    fn proxy(&self, name: &str) -> Result<usize, ApiError> {
-        self.proxies.iter().position(|p| p.name == name).ok_or_else(|| ApiError::not_found("proxy not found"))
-    }
-}
-
 pub struct Server {
-    state: Mutex<State>,
+    state: Mutex<ApiState>,
     engine: mpsc::Sender<EngineRequest>,
     token: Option<String>,
 }
@@ -108,13 +50,13 @@ pub struct Server {
 type Shared = Arc<Server>;
 
 impl Server {
-    pub fn new(state: State, engine: mpsc::Sender<EngineRequest>, token: Option<String>) -> Shared {
+    pub fn new(state: ApiState, engine: mpsc::Sender<EngineRequest>, token: Option<String>) -> Shared {
         Arc::new(Self { state: Mutex::new(state), engine, token })
     }
 
     /// Runs `change` on a copy of the state, puts the result to work, and
     /// keeps it if the maps took it. Returns what `change` returned.
-    async fn change<T>(&self, change: impl FnOnce(&mut State) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    async fn change<T>(&self, change: impl FnOnce(&mut ApiState) -> Result<T, ApiError>) -> Result<T, ApiError> {
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         let out = change(&mut next)?;
@@ -215,7 +157,7 @@ async fn resolve(upstream: &str) -> Result<std::net::SocketAddr, ApiError> {
     Ok(target)
 }
 
-fn add_proxy(state: &mut State, proxy: Proxy) -> Result<(), ApiError> {
+fn add_proxy(state: &mut ApiState, proxy: Proxy) -> Result<(), ApiError> {
     if state.proxies.iter().any(|p| p.name == proxy.name) {
         return Err(ApiError::conflict("proxy already exists"));
     }

@@ -24,11 +24,13 @@ use std::{
 
 use futures::channel::mpsc::UnboundedReceiver;
 
-use crate::{
-    cli::AttachArgs,
+use super::{
     docker::{Docker, DockerError, DockerEvent},
-    netlink::{Link, Netlink},
-    plan::UsageError,
+    scope::Scope,
+};
+use crate::{
+    datapath::netlink::{Link, Netlink},
+    error::UsageError,
 };
 
 /// `ioctl(fd, NS_GET_NSTYPE)` (linux/nsfs.h): the kind of namespace a
@@ -72,7 +74,7 @@ pub struct Endpoint {
 
 /// What an endpoint is at one moment.
 #[derive(Debug)]
-pub enum State {
+pub enum EndpointState {
     /// Running; these are the host ends of its veths (possibly none, e.g.
     /// between a `docker network disconnect` and a `connect`).
     Up(Vec<Link>),
@@ -95,7 +97,7 @@ impl Endpoint {
     /// the host ends of its veths. Anything that does not lead to at least
     /// one veth is a usage error, said in one line: no such container or
     /// namespace, not running, Docker unreachable, host network, no veth.
-    pub async fn resolve(args: &AttachArgs, nl: &Netlink) -> Result<Option<(Self, Vec<Link>)>, UsageError> {
+    pub async fn resolve(args: &Scope, nl: &Netlink) -> Result<Option<(Self, Vec<Link>)>, UsageError> {
         let refused = |what: String| UsageError::Endpoint(what);
         // (how messages name it, its namespace file, Docker and the
         // container id, the PID given to --netns)
@@ -148,13 +150,13 @@ impl Endpoint {
 
     /// Looks again: where the endpoint is now, and the host ends of its
     /// veths. Errors are transient (Docker busy, a race with a restart).
-    pub async fn state(&self, nl: &Netlink) -> anyhow::Result<State> {
+    pub async fn state(&self, nl: &Netlink) -> anyhow::Result<EndpointState> {
         let path = match &self.source {
             Source::Container { docker, id } => match docker.inspect(id).await {
-                Err(DockerError::NoSuchContainer(_)) => return Ok(State::Gone(format!("{self} was removed"))),
+                Err(DockerError::NoSuchContainer(_)) => return Ok(EndpointState::Gone(format!("{self} was removed"))),
                 Err(e) => return Err(e.into()),
                 Ok(c) => match c.pid {
-                    None => return Ok(State::Down),
+                    None => return Ok(EndpointState::Down),
                     Some(pid) => proc_netns(pid),
                 },
             },
@@ -163,15 +165,15 @@ impl Endpoint {
         let file = match (open_netns(&path), &self.source) {
             (Ok(file), _) => file,
             // A container whose process just ended: restarting, or stopped.
-            (Err(_), Source::Container { .. }) => return Ok(State::Down),
-            (Err(e), Source::Netns { pid, .. }) => return Ok(State::Gone(self.gone(*pid, Some(&e)))),
+            (Err(_), Source::Container { .. }) => return Ok(EndpointState::Down),
+            (Err(e), Source::Netns { pid, .. }) => return Ok(EndpointState::Gone(self.gone(*pid, Some(&e)))),
         };
         if let Source::Netns { ns, pid, .. } = &self.source
             && NsId::of(&file)? != *ns
         {
-            return Ok(State::Gone(self.gone(*pid, None)));
+            return Ok(EndpointState::Gone(self.gone(*pid, None)));
         }
-        Ok(State::Up(host_ends(nl, &file).await?))
+        Ok(EndpointState::Up(host_ends(nl, &file).await?))
     }
 
     /// Why a `--netns` endpoint cannot be reached any more.

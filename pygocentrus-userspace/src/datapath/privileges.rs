@@ -1,6 +1,6 @@
 //! Refuse early, in one line, when the process cannot load and attach BPF.
 
-use crate::plan::UsageError;
+use crate::error::UsageError;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;

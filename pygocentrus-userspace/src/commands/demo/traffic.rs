@@ -13,8 +13,10 @@ use tokio::{
     task::AbortHandle,
 };
 
-use super::lab::{ADDR_A, ADDR_B, Lab};
-use crate::netns::Netns;
+use super::{
+    lab::{ADDR_A, ADDR_B, Lab},
+    netns::Netns,
+};
 
 pub const UDP_PORT: u16 = 5000;
 pub const TCP_PORT: u16 = 7000;

@@ -8,10 +8,8 @@ use hyper_util::rt::TokioIo;
 use pygocentrus_common::Counter;
 use serde_json::Value;
 
-use crate::{
-    cli::{ClientArgs, SetArgs},
-    plan::{RuleSpec, UsageError},
-};
+use super::cli::{ClientArgs, SetArgs};
+use crate::{error::UsageError, rules::RuleSpec};
 
 /// Sends one request; returns the status and the body parsed as JSON
 /// (`null` when empty).

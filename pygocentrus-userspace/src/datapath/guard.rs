@@ -3,7 +3,7 @@
 //!
 //! What a run adds that the kernel does not remove when the process dies
 //! (cls_bpf filters and clsact on the netlink path, fq qdiscs on any path)
-//! is recorded in its state file (see `hooks.rs`). Before adding any of it,
+//! is recorded in its state file (see `leftovers.rs`). Before adding any of it,
 //! the run starts `pygocentrus guard --run RUN --state FILE` with a pipe
 //! as its stdin and never writes to it. The guard blocks reading that pipe; the read returns
 //! end-of-file only when every copy of the write end is closed, which
@@ -30,7 +30,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{hooks, netlink::Netlink, plan::UsageError};
+use super::{leftovers, netlink::Netlink};
+use crate::error::UsageError;
 
 /// The environment variable that names the `pygocentrus` binary, for a
 /// process that is not one (a test using [`crate::Session`]).
@@ -92,7 +93,7 @@ impl Guard {
     pub fn spawn(program: &GuardProgram, state: &Path) -> Result<Option<Self>> {
         let Some(exe) = program.executable()? else { return Ok(None) };
         let mut child = Command::new(&exe)
-            .args(["guard", "--run", hooks::run_id(), "--state"])
+            .args(["guard", "--run", leftovers::run_id(), "--state"])
             .arg(state)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -125,7 +126,7 @@ pub async fn run(run: &str, state: &Path) -> Result<()> {
         }
     }
     let nl = Netlink::open().context("opening rtnetlink")?;
-    let cleaned = hooks::clean_after(&nl, state).await?;
+    let cleaned = leftovers::clean_after(&nl, state).await?;
     if !cleaned.is_empty() {
         eprintln!(
             "pygocentrus: guard: run {run} ended without detaching; removed its hooks from {}",

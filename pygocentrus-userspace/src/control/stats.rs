@@ -6,7 +6,7 @@ use std::time::Duration;
 use pygocentrus_common::{Counter, Counters};
 use serde_json::{Value, json};
 
-use crate::plan::RuleSpec;
+use crate::rules::RuleSpec;
 
 /// The text line names at most this many rules (`--json` has them all):
 /// with a config file of thousands of rules it would be unreadable, and
@@ -138,19 +138,17 @@ fn rule_text(id: usize, c: &Counters, r: &RuleSpec) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::rules::args::parse_flags;
+
+    /// The rule of `attach --iface x FLAGS`.
+    fn rule(flags: &str) -> RuleSpec {
+        RuleSpec::from_args(&parse_flags(flags).unwrap(), None).unwrap()
+    }
 
     #[test]
     fn text_and_json_agree() {
-        let Command::Attach(a) =
-            Cli::try_parse_from(["p", "attach", "--iface", "x", "--port", "9", "--drop", "5"]).unwrap().command
-        else {
-            unreachable!()
-        };
-        let rules = [RuleSpec::from_attach(&a).unwrap()];
+        let rules = [rule("--port 9 --drop 5")];
         let slots = [
             Counters { seen: 10, ..Default::default() },
             Counters { seen: 4, matched: 4, passed: 3, dropped: 1, ..Default::default() },
@@ -168,12 +166,7 @@ mod tests {
 
     #[test]
     fn many_rules_show_those_that_matched_and_a_sum_of_the_rest() {
-        let Command::Attach(a) =
-            Cli::try_parse_from(["p", "attach", "--iface", "x", "--port", "9", "--drop", "5"]).unwrap().command
-        else {
-            unreachable!()
-        };
-        let rules = vec![RuleSpec::from_attach(&a).unwrap(); 1000];
+        let rules = vec![rule("--port 9 --drop 5"); 1000];
         let mut slots = vec![Counters::default(); 1001];
         slots[500].matched = 7;
         slots[900].matched = 2;
@@ -190,14 +183,7 @@ mod tests {
 
     #[test]
     fn unplugged_shows_with_unplug_after() {
-        let Command::Attach(a) =
-            Cli::try_parse_from(["p", "attach", "--iface", "x", "--port", "9", "--unplug-after", "5s"])
-                .unwrap()
-                .command
-        else {
-            unreachable!()
-        };
-        let rules = [RuleSpec::from_attach(&a).unwrap()];
+        let rules = [rule("--port 9 --unplug-after 5s")];
         let slots =
             [Counters::default(), Counters { seen: 4, matched: 4, passed: 1, unplugged: 3, ..Default::default() }];
         let snap = Snapshot { elapsed: Duration::from_secs(1), slots: &slots, rules: &rules };

@@ -1,174 +1,33 @@
-//! `pygocentrus attach`: plan → maps → hooks → counters, until a signal or
-//! the end of --duration, then everything is taken off again.
-//!
-//! [`Attachment`] is the plan at work on one interface, a bridge's ports or
-//! an endpoint's veths; `demo` uses it too.
+//! [`Attachment`]: a plan at work on one interface, a bridge's ports or an
+//! endpoint's veths, following its target as links and containers come
+//! and go. `attach`, `serve`, sessions and `demo` all run one.
 
-use std::{
-    fmt,
-    ops::ControlFlow,
-    time::{Duration, Instant, SystemTime},
-};
+use std::{fmt, ops::ControlFlow, time::Duration};
 
 use anyhow::{Context as _, Result};
-use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
+use futures::channel::mpsc::UnboundedReceiver;
 use pygocentrus_common::Counters;
 
-use crate::{
-    cli::{AttachArgs, RuleArgs},
-    config::ConfigFile,
-    docker::DockerEvent,
-    endpoint::{Endpoint, State},
-    engine::Engine,
-    guard::{Guard, GuardProgram},
-    hooks::{self, Hooks, Method},
-    netlink::{FqParams, Link, LinkEvent, Netlink, link_events},
-    plan::{MapContents, Plan, RuleSpec, UsageError, endpoint_label},
-    privileges,
-    schedule::Schedule,
-    signals::Signals,
+use super::{
+    events::{Event, Events},
     stats::Reading,
 };
-
-pub async fn run(args: AttachArgs) -> Result<()> {
-    // Everything that can be refused is refused before anything is touched.
-    let schedule = schedule_of(&args)?;
-    privileges::check()?;
-    let mut signals = Signals::install()?;
-
-    let (plan, phase) = schedule.plan_at(Duration::ZERO);
-    let (mut attachment, mut events) =
-        Attachment::open(&args, plan, Fq::Exactly(schedule.fq_params()), &GuardProgram::ThisBinary).await?;
-    eprintln!("attached to {attachment}");
-
-    let result = async {
-        let start = Instant::now();
-        let mut last_phase = None;
-        if schedule.is_dynamic() {
-            announce(&schedule, phase, &attachment, args.json, Duration::ZERO);
-            last_phase = phase;
-        }
-        let mut next_change = schedule.next_change(Duration::ZERO);
-        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = signals.recv() => break,
-                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
-                _ = tick.tick() => attachment.report(start.elapsed(), args.json, "counters")?,
-                _ = async { tokio::time::sleep_until(tokio::time::Instant::from_std(start + next_change.unwrap_or_default())).await }, if next_change.is_some() => {
-                    let t = start.elapsed();
-                    let (plan, phase) = schedule.plan_at(t);
-                    if plan != *attachment.plan() {
-                        attachment.update(plan)?;
-                        if phase != last_phase || phase.is_none() {
-                            announce(&schedule, phase, &attachment, args.json, t);
-                        }
-                    }
-                    last_phase = phase;
-                    next_change = schedule.next_change(t);
-                }
-                event = events.next() => {
-                    if attachment.on_event(event?).await?.is_break() {
-                        break;
-                    }
-                }
-            }
-        }
-        attachment.report(start.elapsed(), args.json, "summary")
-    }
-    .await;
-
-    let name = attachment.name();
-    attachment.detach().await;
-    match &result {
-        Ok(()) => eprintln!("detached from {name}: every hook removed"),
-        Err(_) => eprintln!("pygocentrus: detached from {name} after an error"),
-    }
-    result
-}
-
-/// What `--iface`, `--container` or `--netns` names, with Docker's events
-/// for a container; also removes what a killed earlier run left behind.
-/// Subscribe to link events before calling this, so that a change in
-/// between is not missed.
-pub async fn resolve_target(
-    args: &AttachArgs,
-    nl: &Netlink,
-) -> Result<(Target, Option<UnboundedReceiver<DockerEvent>>)> {
-    // Note the time Docker's events are replayed from before looking.
-    let since = SystemTime::now();
-    let resolved = match Endpoint::resolve(args, nl).await? {
-        Some((endpoint, links)) => {
-            let docker_events = endpoint.docker_events(since);
-            (Target::Endpoint(endpoint, links), docker_events)
-        }
-        None => {
-            let name = args.iface.clone().unwrap_or_default();
-            (Target::Iface(nl.link(&name).await?.ok_or(UsageError::UnknownInterface(name))?), None)
-        }
-    };
-    for name in hooks::clean_leftovers(nl).await? {
-        eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
-    }
-    Ok(resolved)
-}
-
-/// Says which phase of the schedule began, and what is in force now.
-fn announce(schedule: &Schedule, phase: Option<usize>, attachment: &Attachment, json: bool, t: Duration) {
-    let name = phase.map_or("no phase", |i| schedule.phases[i].name.as_str());
-    let rules: Vec<String> = attachment.plan().rules.iter().map(ToString::to_string).collect();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "phase", "elapsed_s": t.as_secs_f64(), "phase": name, "rules": rules})
-        );
-    } else {
-        let what = if rules.is_empty() { "no rule in force".to_owned() } else { rules.join("; ") };
-        eprintln!("pygocentrus: {:.1}s {name}: {what}", t.as_secs_f64());
-    }
-}
-
-/// The rules of the run and how they change: from `--config` or from the
-/// flags (which never change).
-pub fn schedule_of(args: &AttachArgs) -> Result<Schedule, UsageError> {
-    match &args.config {
-        Some(path) => {
-            if args.rule != RuleArgs::default() {
-                return Err(UsageError::ConfigAndFlags);
-            }
-            ConfigFile::load(path)?.schedule(endpoint_label(args).as_deref())
-        }
-        None => {
-            let plan = Plan { rules: vec![RuleSpec::from_attach(args)?] };
-            plan.map_contents()?;
-            Ok(Schedule::fixed(plan))
-        }
-    }
-}
-
-/// The rules of the run, for `serve`: from `--config` or from the flags.
-pub fn plan_of(args: &AttachArgs) -> Result<Plan, UsageError> {
-    let plan = match &args.config {
-        Some(path) => {
-            if args.rule != RuleArgs::default() {
-                return Err(UsageError::ConfigAndFlags);
-            }
-            ConfigFile::load(path)?.plan(endpoint_label(args).as_deref())?
-        }
-        None => Plan { rules: vec![RuleSpec::from_attach(args)?] },
-    };
-    plan.map_contents()?;
-    Ok(plan)
-}
-
-/// The next item of an optional stream; never, without one.
-async fn next_event<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
-    match rx {
-        Some(rx) => rx.next().await,
-        None => std::future::pending().await,
-    }
-}
+use crate::{
+    datapath::{
+        engine::Engine,
+        guard::{Guard, GuardProgram},
+        hooks::{Hooks, Method},
+        leftovers,
+        netlink::{Link, LinkEvent, Netlink, link_events},
+    },
+    error::UsageError,
+    rules::{FqParams, MapContents, Plan},
+    targets::{
+        Resolved, Scope,
+        docker::DockerEvent,
+        endpoint::{Endpoint, EndpointState},
+    },
+};
 
 /// Where an [`Attachment`] puts the `fq` qdisc that delays and rates need.
 #[derive(Clone, Copy, Debug)]
@@ -182,41 +41,8 @@ pub enum Fq {
     WhereAvailable(FqParams),
 }
 
-/// What an attachment follows: link changes in its network namespace and,
-/// for a container, Docker's events.
-pub struct Events {
-    links: UnboundedReceiver<LinkEvent>,
-    docker: Option<UnboundedReceiver<DockerEvent>>,
-}
-
-/// One of [`Events`], for [`Attachment::on_event`].
-pub enum Event {
-    Link(LinkEvent),
-    Docker(DockerEvent),
-}
-
-impl Events {
-    /// The next event. Cancel-safe: nothing is lost if another branch of a
-    /// `select!` wins.
-    pub async fn next(&mut self) -> Result<Event> {
-        tokio::select! {
-            event = self.links.next() => event.map(Event::Link).context("the netlink event stream ended"),
-            Some(event) = next_event(&mut self.docker) => Ok(Event::Docker(event)),
-        }
-    }
-}
-
-/// What to hook.
-pub enum Target {
-    /// `--iface`: a device, or every port of a bridge.
-    Iface(Link),
-    /// `--container`, `--netns`: the host ends of the endpoint's veths, as
-    /// resolved.
-    Endpoint(Endpoint, Vec<Link>),
-}
-
 /// Where the hooks of an [`Attachment`] sit, and what it follows.
-enum Scope {
+enum HookSite {
     /// A bridge: all its ports. The classifier judges each packet at the
     /// egress of the port it leaves by, or at the ingress of the sender's
     /// port when it is addressed to the bridge itself.
@@ -245,20 +71,20 @@ pub struct Attachment {
     engine: Engine,
     hooks: Hooks,
     nl: Netlink,
-    scope: Scope,
+    site: HookSite,
     /// Takes the hooks off if this process dies without detaching; dropped
     /// (and so ended) only after [`Attachment::detach`].
     _guard: Option<Guard>,
 }
 
 impl Attachment {
-    /// Resolves the scope of `args` (`--iface`, `--container`, `--netns`,
-    /// `--hook`) and puts `plan` to work there, with `fq` as asked and a
+    /// Resolves `scope` (`--iface`, `--container`, `--netns`, `--hook`)
+    /// and puts `plan` to work there, with `fq` as asked and a
     /// guard run by `guard`: how `attach`, `serve` and sessions start.
     /// Returns the events to hand to [`Attachment::on_event`] so that it
     /// follows its target.
-    pub async fn open(args: &AttachArgs, plan: Plan, fq: Fq, guard: &GuardProgram) -> Result<(Self, Events)> {
-        let method = Method::resolve(args.hook)?;
+    pub async fn open(scope: &Scope, plan: Plan, fq: Fq, guard: &GuardProgram) -> Result<(Self, Events)> {
+        let method = Method::resolve(scope.hook)?;
         let (fq, fallback) = match fq {
             Fq::Exactly(fq) => (fq, false),
             Fq::WhereAvailable(fq) => (Some(fq), true),
@@ -268,7 +94,7 @@ impl Attachment {
         // is not missed.
         let links = link_events()?;
         let nl = Netlink::open()?;
-        let (target, docker) = resolve_target(args, &nl).await?;
+        let (target, docker) = resolve(scope, &nl).await?;
         match Self::start_with_fq(plan.clone(), nl, target, method, fq, guard).await {
             Ok(this) => Ok((this, Events { links, docker })),
             Err(e) if fallback && is_missing_fq(&e) => {
@@ -276,7 +102,7 @@ impl Attachment {
                     "pygocentrus: warning: this kernel has no fq qdisc (sch_fq): delays and rates will be refused"
                 );
                 let nl = Netlink::open()?;
-                let (target, docker) = resolve_target(args, &nl).await?;
+                let (target, docker) = resolve(scope, &nl).await?;
                 let this = Self::start_with_fq(plan, nl, target, method, None, guard).await?;
                 Ok((this, Events { links, docker }))
             }
@@ -287,7 +113,13 @@ impl Attachment {
     /// Loads the classifier with `plan` and hooks it onto `target`, with
     /// the `fq` the plan needs. On failure, whatever was hooked is taken
     /// off again.
-    pub async fn start(plan: Plan, nl: Netlink, target: Target, method: Method, guard: &GuardProgram) -> Result<Self> {
+    pub async fn start(
+        plan: Plan,
+        nl: Netlink,
+        target: Resolved,
+        method: Method,
+        guard: &GuardProgram,
+    ) -> Result<Self> {
         let fq = plan.fq_params();
         Self::start_with_fq(plan, nl, target, method, fq, guard).await
     }
@@ -297,7 +129,7 @@ impl Attachment {
     pub async fn start_with_fq(
         plan: Plan,
         nl: Netlink,
-        target: Target,
+        target: Resolved,
         method: Method,
         fq: Option<FqParams>,
         guard: &GuardProgram,
@@ -305,18 +137,18 @@ impl Attachment {
         let contents = plan.map_contents()?;
         let mut engine = Engine::load().context("loading the classifier")?;
         engine.install(&contents)?;
-        let (scope, links) = match target {
-            Target::Iface(link) if link.is_bridge => {
+        let (site, links) = match target {
+            Resolved::Iface(link) if link.is_bridge => {
                 engine.set_bridge(link.mac)?;
                 let ports = nl.ports_of(link.index).await?;
-                (Scope::Bridge { mac: link.mac, link }, ports)
+                (HookSite::Bridge { mac: link.mac, link }, ports)
             }
-            Target::Iface(link) => (Scope::Device(link.clone()), vec![link]),
-            Target::Endpoint(endpoint, links) => (Scope::Endpoint { endpoint, waiting: None }, links),
+            Resolved::Iface(link) => (HookSite::Device(link.clone()), vec![link]),
+            Resolved::Endpoint(endpoint, links) => (HookSite::Endpoint { endpoint, waiting: None }, links),
         };
         let hooks = Hooks::new(method, fq);
         let guard = if hooks.leaves_state() { Guard::spawn(guard, hooks.state_file())? } else { None };
-        let mut this = Self { plan, contents, engine, hooks, nl, scope, _guard: guard };
+        let mut this = Self { plan, contents, engine, hooks, nl, site, _guard: guard };
         for link in &links {
             if let Err(e) = this.hooks.attach(&mut this.engine, &this.nl, link).await {
                 this.detach().await;
@@ -363,9 +195,9 @@ impl Attachment {
 
     /// The interface or endpoint, as messages name it.
     pub fn name(&self) -> String {
-        match &self.scope {
-            Scope::Bridge { link, .. } | Scope::Device(link) => link.name.clone(),
-            Scope::Endpoint { endpoint, .. } => endpoint.to_string(),
+        match &self.site {
+            HookSite::Bridge { link, .. } | HookSite::Device(link) => link.name.clone(),
+            HookSite::Endpoint { endpoint, .. } => endpoint.to_string(),
         }
     }
 
@@ -406,12 +238,14 @@ impl Attachment {
     /// lead to the endpoint, unhooks those that leave or vanish. Breaks when
     /// the target itself is removed.
     pub async fn on_link_event(&mut self, event: LinkEvent) -> Result<ControlFlow<()>> {
-        match (&self.scope, event) {
-            (Scope::Bridge { link, .. } | Scope::Device(link), LinkEvent::Removed(index)) if index == link.index => {
+        match (&self.site, event) {
+            (HookSite::Bridge { link, .. } | HookSite::Device(link), LinkEvent::Removed(index))
+                if index == link.index =>
+            {
                 eprintln!("pygocentrus: {} was removed", link.name);
                 return Ok(ControlFlow::Break(()));
             }
-            (Scope::Endpoint { .. }, LinkEvent::Removed(index)) if self.hooks.contains(index) => {
+            (HookSite::Endpoint { .. }, LinkEvent::Removed(index)) if self.hooks.contains(index) => {
                 let name = self.hooks.name(index).unwrap_or_default();
                 self.hooks.detach(&mut self.engine, &self.nl, index).await;
                 eprintln!("pygocentrus: {name} of {} is gone", self.name());
@@ -425,8 +259,8 @@ impl Attachment {
                     eprintln!("pygocentrus: port {index} is gone");
                 }
             }
-            (Scope::Bridge { .. }, LinkEvent::Changed(link)) => self.on_bridge_change(link).await?,
-            (Scope::Endpoint { .. }, LinkEvent::Changed(link))
+            (HookSite::Bridge { .. }, LinkEvent::Changed(link)) => self.on_bridge_change(link).await?,
+            (HookSite::Endpoint { .. }, LinkEvent::Changed(link))
                 if link.is_veth && link.peer_netnsid.is_some() && !self.hooks.contains(link.index) =>
             {
                 // A veth leading to some namespace: perhaps the endpoint's.
@@ -438,7 +272,7 @@ impl Attachment {
     }
 
     async fn on_bridge_change(&mut self, link: Link) -> Result<()> {
-        let Scope::Bridge { link: bridge, mac } = &mut self.scope else { return Ok(()) };
+        let HookSite::Bridge { link: bridge, mac } = &mut self.site else { return Ok(()) };
         if link.index == bridge.index {
             // A bridge without a fixed address takes the lowest of its ports'.
             if link.mac.is_some() && link.mac != *mac {
@@ -484,16 +318,16 @@ impl Attachment {
     /// of its veths now are hooked, others unhooked. Breaks when it is gone
     /// and none of its veths is left.
     async fn follow_endpoint(&mut self) -> Result<ControlFlow<()>> {
-        let Scope::Endpoint { endpoint, waiting } = &mut self.scope else { return Ok(ControlFlow::Continue(())) };
+        let HookSite::Endpoint { endpoint, waiting } = &mut self.site else { return Ok(ControlFlow::Continue(())) };
         let links = match endpoint.state(&self.nl).await {
-            Ok(State::Up(links)) => links,
-            Ok(State::Down) => {
+            Ok(EndpointState::Up(links)) => links,
+            Ok(EndpointState::Down) => {
                 say_once(waiting, "is not running; waiting for it to start again", endpoint);
                 return Ok(ControlFlow::Continue(()));
             }
             // Gone, but a veth still hooked proves its namespace lives on.
-            Ok(State::Gone(_)) if !self.hooks.is_empty() => return Ok(ControlFlow::Continue(())),
-            Ok(State::Gone(why)) => {
+            Ok(EndpointState::Gone(_)) if !self.hooks.is_empty() => return Ok(ControlFlow::Continue(())),
+            Ok(EndpointState::Gone(why)) => {
                 eprintln!("pygocentrus: {why}: its veths are gone, nothing is left to judge");
                 return Ok(ControlFlow::Break(()));
             }
@@ -532,9 +366,20 @@ impl Attachment {
     }
 }
 
+/// What `scope` names, with Docker's events for a container; also removes
+/// what a killed earlier run left behind. Subscribe to link events before
+/// calling this, so that a change in between is not missed.
+async fn resolve(scope: &Scope, nl: &Netlink) -> Result<(Resolved, Option<UnboundedReceiver<DockerEvent>>)> {
+    let resolved = Resolved::of(scope, nl).await?;
+    for name in leftovers::clean_leftovers(nl).await? {
+        eprintln!("pygocentrus: removed hooks a killed earlier run left on {name}");
+    }
+    Ok(resolved)
+}
+
 /// Whether attaching failed for want of the `fq` qdisc in this kernel.
 fn is_missing_fq(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<UsageError>(), Some(UsageError::Qdisc(m)) if m.contains("no fq qdisc"))
+    matches!(e.downcast_ref::<UsageError>(), Some(UsageError::NoFq))
 }
 
 /// Says `what` about `endpoint`, unless it was the last thing said.
@@ -549,10 +394,10 @@ fn say_once(last: &mut Option<&'static str>, what: &'static str, endpoint: &Endp
 /// `container web (veth1a2b3c) via tcx: ip to/from container web drop 5%`
 impl fmt::Display for Attachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.scope {
-            Scope::Bridge { link, .. } => write!(f, "bridge {} ({} ports)", link.name, self.hooks.len())?,
-            Scope::Device(link) => f.write_str(&link.name)?,
-            Scope::Endpoint { endpoint, .. } => {
+        match &self.site {
+            HookSite::Bridge { link, .. } => write!(f, "bridge {} ({} ports)", link.name, self.hooks.len())?,
+            HookSite::Device(link) => f.write_str(&link.name)?,
+            HookSite::Endpoint { endpoint, .. } => {
                 let names: Vec<String> = self.hooks.indexes().filter_map(|i| self.hooks.name(i)).collect();
                 write!(f, "{endpoint} ({})", names.join(", "))?;
             }

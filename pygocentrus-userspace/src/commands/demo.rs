@@ -9,6 +9,7 @@
 
 mod grpc;
 mod lab;
+mod netns;
 mod traffic;
 
 use std::{fmt::Display, time::Duration};
@@ -23,15 +24,21 @@ use self::{
     lab::{ADDR_A, ADDR_B, BRIDGE, ETH, Lab, PORT_A, PORT_B, ip_checksum_errors},
     traffic::{TCP_PORT, TcpOutcome, UDP_PORT, UdpRun, connect, echo, round_trips, udp, wait_reachable},
 };
+use super::{
+    attach::rule_of,
+    cli::{AttachArgs, Cli, Command, DemoArgs},
+};
 use crate::{
-    attach::{Attachment, Target},
-    cli::{AttachArgs, Cli, Command, DemoArgs, HookMode},
-    guard::GuardProgram,
-    hooks::Method,
-    netlink::Netlink,
-    plan::{Plan, RuleSpec, UsageError},
-    privileges,
-    signals::Signals,
+    control::{attachment::Attachment, signals::Signals},
+    datapath::{
+        guard::GuardProgram,
+        hooks::{HookMode, Method},
+        netlink::Netlink,
+        privileges,
+    },
+    error::UsageError,
+    rules::Plan,
+    targets::Resolved,
 };
 
 const PHASES: usize = 9;
@@ -205,8 +212,8 @@ impl Demo<'_> {
         self.verdict(
             "gRPC baseline",
             ok == results.len(),
-            format!("every call answers, within {} each (deadline {})", slowest(&results), ms(grpc::DEADLINE)),
-            format!("only {ok} of {} calls answered without any fault", results.len()),
+            &format!("every call answers, within {} each (deadline {})", slowest(&results), ms(grpc::DEADLINE)),
+            &format!("only {ok} of {} calls answered without any fault", results.len()),
         );
         Ok(())
     }
@@ -219,9 +226,8 @@ impl Demo<'_> {
             "gRPC drop",
             failed == results.len() && c.dropped > 0,
             "every call fails with DEADLINE_EXCEEDED or UNAVAILABLE, as on a dead link: \
-             the client dialed the server's own address all along"
-                .to_owned(),
-            format!("{failed} of {} calls failed that way; pygocentrus dropped {}", results.len(), c.dropped),
+             the client dialed the server's own address all along",
+            &format!("{failed} of {} calls failed that way; pygocentrus dropped {}", results.len(), c.dropped),
         );
         Ok(())
     }
@@ -235,12 +241,12 @@ impl Demo<'_> {
         self.verdict(
             "gRPC reset",
             failed == results.len() && c.reset > 0,
-            format!(
+            &format!(
                 "every call fails fast: the open connection is reset (UNKNOWN: connection reset), \
                  new ones are refused (UNAVAILABLE), the slowest in {}",
                 slowest(&results)
             ),
-            format!(
+            &format!(
                 "{failed} of {} calls failed with UNKNOWN or UNAVAILABLE; pygocentrus made {} resets",
                 results.len(),
                 c.reset
@@ -251,7 +257,7 @@ impl Demo<'_> {
 
     async fn grpc_delay(&mut self, greeter: &mut grpc::Greeter) -> Result<()> {
         let (results, c) = match self.grpc_calls_under(9, Attack::GrpcDelay, greeter).await {
-            Err(e) if e.downcast_ref::<UsageError>().is_some_and(|u| matches!(u, UsageError::Qdisc(_))) => {
+            Err(e) if e.downcast_ref::<UsageError>().is_some_and(UsageError::is_qdisc) => {
                 println!("      skipped: {e}");
                 self.skipped.push("gRPC delay");
                 return Ok(());
@@ -266,8 +272,8 @@ impl Demo<'_> {
         self.verdict(
             "gRPC delay",
             slow == results.len() && c.delayed > 0,
-            format!("every call answers, each after at least {} (request and answer each wait)", ms(floor)),
-            format!("{slow} of {} calls answered after {} or more", results.len(), ms(floor)),
+            &format!("every call answers, each after at least {} (request and answer each wait)", ms(floor)),
+            &format!("{slow} of {} calls answered after {} or more", results.len(), ms(floor)),
         );
         Ok(())
     }
@@ -312,8 +318,8 @@ impl Demo<'_> {
         self.verdict(
             "baseline",
             echoed == tcp.len() && udp.lost() == 0 && udp.damaged == 0,
-            format!("everything arrives, intact (an echo takes {})", ms(fastest)),
-            format!(
+            &format!("everything arrives, intact (an echo takes {})", ms(fastest)),
+            &format!(
                 "traffic suffers without any fault, so the next phases would mean nothing: \
                  TCP {}; UDP {} lost, {} damaged",
                 list(&tcp),
@@ -333,8 +339,8 @@ impl Demo<'_> {
         self.verdict(
             "drop",
             c.dropped == udp.lost() && udp.damaged == 0 && plausible(c.dropped, udp.sent, attack),
-            format!("B lost {share:.1}% ({}% asked): exactly the datagrams pygocentrus dropped", attack.percent()),
-            format!("B lost {} ({share:.1}%), pygocentrus dropped {}", udp.lost(), c.dropped),
+            &format!("B lost {share:.1}% ({}% asked): exactly the datagrams pygocentrus dropped", attack.percent()),
+            &format!("B lost {} ({share:.1}%), pygocentrus dropped {}", udp.lost(), c.dropped),
         );
         Ok(())
     }
@@ -365,12 +371,12 @@ impl Demo<'_> {
         self.verdict(
             "reset",
             matches!(on_open, TcpOutcome::Reset) && refused == new.len() && c.reset > u64::from(CONNECTIONS),
-            format!(
+            &format!(
                 "the open connection gets ECONNRESET, new ones ECONNREFUSED within {}: \
                  like a crashed server",
                 ms(slowest)
             ),
-            format!("expected a reset, then refusals; got {on_open}, then {}", list(&new)),
+            &format!("expected a reset, then refusals; got {on_open}, then {}", list(&new)),
         );
         Ok(())
     }
@@ -387,8 +393,8 @@ impl Demo<'_> {
         self.verdict(
             "corrupt-payload",
             udp.lost() == 0 && udp.damaged == c.corrupted_payload && plausible(udp.damaged, udp.sent, attack),
-            "all arrive, checksums valid: B's application got exactly the altered ones".to_owned(),
-            format!(
+            "all arrive, checksums valid: B's application got exactly the altered ones",
+            &format!(
                 "B got {} altered of {} received; pygocentrus altered {}",
                 udp.damaged, udp.received, c.corrupted_payload
             ),
@@ -411,9 +417,8 @@ impl Demo<'_> {
                 && udp.damaged == 0
                 && plausible(c.corrupted, udp.sent, attack),
             "B's kernel threw each damaged one away (bad IP checksum): \
-             the application never saw them"
-                .to_owned(),
-            format!("pygocentrus damaged {}, B's kernel counted {discarded}, B lost {}", c.corrupted, udp.lost()),
+             the application never saw them",
+            &format!("pygocentrus damaged {}, B's kernel counted {discarded}, B lost {}", c.corrupted, udp.lost()),
         );
         Ok(())
     }
@@ -428,11 +433,12 @@ impl Demo<'_> {
     ) -> Result<(T, Counters)> {
         let (line, args) = attack.command(self.args.hook)?;
         println!("      $ {line}");
-        let plan = Plan { rules: vec![RuleSpec::from_attach(&args)?] };
+        let plan = Plan { rules: vec![rule_of(&args)?] };
         let nl = Netlink::open()?;
         let bridge = nl.existing_link(BRIDGE).await?;
         let method = Method::resolve(args.hook)?;
-        let attachment = Attachment::start(plan, nl, Target::Iface(bridge), method, &GuardProgram::ThisBinary).await?;
+        let attachment =
+            Attachment::start(plan, nl, Resolved::Iface(bridge), method, &GuardProgram::ThisBinary).await?;
         println!("      attached to {attachment}");
         let result = self.unless_stopped(traffic).await;
         let counters = attachment.counters();
@@ -449,7 +455,7 @@ impl Demo<'_> {
         }
     }
 
-    fn verdict(&mut self, phase: &'static str, ok: bool, success: String, failure: String) {
+    fn verdict(&mut self, phase: &'static str, ok: bool, success: &str, failure: &str) {
         if ok {
             println!("      ok: {success}");
         } else {
@@ -543,7 +549,7 @@ mod tests {
         ] {
             for hook in [HookMode::Auto, HookMode::Netlink] {
                 let (line, args) = attack.command(hook).unwrap();
-                RuleSpec::from_attach(&args).unwrap();
+                rule_of(&args).unwrap();
                 assert_eq!(line.contains("--hook netlink"), hook == HookMode::Netlink, "{line}");
             }
         }

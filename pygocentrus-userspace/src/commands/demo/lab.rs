@@ -7,10 +7,8 @@ use std::{io, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 
-use crate::{
-    netlink::Netlink,
-    netns::{Entered, Netns},
-};
+use super::netns::{Entered, Netns};
+use crate::datapath::netlink::Netlink;
 
 pub const BRIDGE: &str = "pygdemo-br";
 /// The bridge ports (host side of the veth pairs) of A and B.

@@ -23,9 +23,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{
-    cli::{Direction, Distribution, Proto},
-    plan::{Delay, Faults, RuleSpec},
+use crate::rules::{
+    Delay, Direction, Distribution, Proto, RuleFaults, RuleSpec,
     units::{FlowLimit, Percent, Rate, parse_percent},
 };
 
@@ -133,7 +132,7 @@ impl Toxic {
             return Err(ApiError::bad("a toxic's name cannot be empty"));
         }
         self.direction()?;
-        let mut f = Faults::default();
+        let mut f = RuleFaults::default();
         self.apply(&mut f)
     }
 
@@ -157,7 +156,7 @@ impl Toxic {
     }
 
     /// An attribute in milliseconds, at most what the kernel counts
-    /// ([`crate::units::MAX_DURATION`]).
+    /// ([`crate::rules::units::MAX_DURATION`]).
     fn millis(&self, key: &str) -> Result<Duration, ApiError> {
         let ms = self.attr(key)?;
         ms.checked_mul(1_000_000).map(Duration::from_nanos).ok_or_else(|| {
@@ -175,7 +174,7 @@ impl Toxic {
     /// percentage is then decided once per connection, and the toxics of
     /// the same stream that have a toxicity of 1 keep 100%, which per
     /// connection is still every connection.
-    fn apply(&self, f: &mut Faults) -> Result<(), ApiError> {
+    fn apply(&self, f: &mut RuleFaults) -> Result<(), ApiError> {
         if !(0.0..=1.0).contains(&self.toxicity) {
             return Err(ApiError::bad(format!("toxicity must be between 0 and 1, not {}", self.toxicity)));
         }
@@ -277,13 +276,13 @@ impl Toxic {
     /// Checks the attributes of a toxic that does nothing (toxicity 0), so
     /// that bad input is refused the same whatever its toxicity.
     fn check_attributes(&self) -> Result<(), ApiError> {
-        let mut f = Faults::default();
+        let mut f = RuleFaults::default();
         Toxic { toxicity: 1.0, ..self.clone() }.apply(&mut f)
     }
 
     /// Sets the stream's one connection limit that ends in a reset, on
     /// `share` of the connections.
-    fn set_reset_after(&self, f: &mut Faults, limit: FlowLimit, share: Percent) -> Result<(), ApiError> {
+    fn set_reset_after(&self, f: &mut RuleFaults, limit: FlowLimit, share: Percent) -> Result<(), ApiError> {
         if f.reset_after.is_some() {
             return Err(ApiError::conflict(format!(
                 "toxic {}: this stream already has a toxic that resets connections at a limit \
@@ -340,11 +339,11 @@ impl Proxy {
             seed: None,
         };
         if !self.enabled {
-            return Ok(vec![spec(Direction::Both, Faults { drop: Some(pct(100.0)?), ..Faults::default() })]);
+            return Ok(vec![spec(Direction::Both, RuleFaults { drop: Some(pct(100.0)?), ..RuleFaults::default() })]);
         }
         let mut out = Vec::new();
         for direction in [Direction::To, Direction::From] {
-            let mut faults = Faults::default();
+            let mut faults = RuleFaults::default();
             for t in self.toxics.iter().filter(|t| t.direction() == Ok(direction)) {
                 t.apply(&mut faults)?;
             }

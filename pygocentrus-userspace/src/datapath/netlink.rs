@@ -21,6 +21,8 @@ use rtnetlink::{
 };
 use thiserror::Error;
 
+use crate::rules::FqParams;
+
 #[derive(Debug, Error)]
 pub enum NetlinkError {
     #[error("opening a netlink socket: {0}")]
@@ -41,18 +43,6 @@ impl NetlinkError {
             _ => None,
         }
     }
-}
-
-/// How the `fq` qdisc that enforces departure times is sized.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FqParams {
-    /// Packets the qdisc may hold in all (`limit`).
-    pub limit: u32,
-    /// Packets one flow may hold (`flow_limit`).
-    pub flow_limit: u32,
-    /// Packets stamped further than this in the future are capped to it,
-    /// not dropped (`horizon`, microseconds; `horizon_cap`).
-    pub horizon_us: u32,
 }
 
 // From linux/pkt_sched.h.
@@ -258,10 +248,7 @@ pub fn link_events() -> Result<UnboundedReceiver<LinkEvent>, NetlinkError> {
     tokio::spawn(async move {
         let mut messages = messages;
         while let Some((msg, _)) = messages.next().await {
-            let event = match link_event(msg) {
-                Some(e) => e,
-                None => continue,
-            };
+            let Some(event) = link_event(msg) else { continue };
             if tx.unbounded_send(event).is_err() {
                 break;
             }

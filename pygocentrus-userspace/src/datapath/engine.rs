@@ -14,7 +14,7 @@ use pygocentrus_common::{
 };
 use thiserror::Error;
 
-use crate::{dist, plan::MapContents};
+use crate::{datapath::dist, rules::MapContents};
 
 /// The kernel program, built by `build.rs` and embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pygocentrus"));

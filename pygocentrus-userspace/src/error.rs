@@ -1,0 +1,96 @@
+//! The one error type of the library's checks: input that cannot work,
+//! each kind its own variant, so that callers match variants, never text.
+//! `main` prints it in one line and exits with status 2.
+
+use pygocentrus_common::MAX_RULES;
+use thiserror::Error;
+
+/// Input that cannot work: reported in one line, exit status 2.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum UsageError {
+    #[error(
+        "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate, --loss-model, --unplug-after, --reset-after or --fin-delay"
+    )]
+    NoFault,
+    #[error(
+        "--per-connection needs a fault with a percentage: --drop, --reset, --corrupt, --corrupt-payload, --duplicate, --delay-pct, --rate-pct, --limit-pct or --fin-delay-pct"
+    )]
+    PerConnectionNeedsShare,
+    /// A flag that only means something for TCP, with `--proto udp`.
+    #[error("{0} needs TCP, but --proto is udp")]
+    NeedsTcp(&'static str),
+    #[error("{0} needs --delay")]
+    NeedsDelay(&'static str),
+    #[error("{0} needs {1}")]
+    ShareNeedsFault(&'static str, &'static str),
+    #[error("{0} is a share of connections: add --per-connection")]
+    SharePerConnection(&'static str),
+    #[error("--distribution needs --jitter")]
+    DistributionNeedsJitter,
+    #[error("--keep-order needs --jitter (without jitter a flow keeps its order anyway)")]
+    KeepOrderNeedsJitter,
+    /// Longer than the kernel's 64-bit nanoseconds count.
+    #[error("{0} is too long (at most {max}ns, about 584 years)", max = u64::MAX)]
+    TooLong(&'static str),
+    /// The kernel lacks the `fq` qdisc that departure times need.
+    #[error("this kernel has no fq qdisc, which --delay and --rate need: load it with 'modprobe sch_fq'")]
+    NoFq,
+    /// A root qdisc someone else set up sits where `fq` would go.
+    #[error(
+        "{iface} has a root qdisc '{kind}' of its own; delay and rate need fq there: remove it or leave out --delay/--rate"
+    )]
+    ForeignRootQdisc { iface: String, kind: String },
+    #[error("refusing to impair all traffic: give --ip and/or --port, or --all to mean it")]
+    NoTarget,
+    /// `--container` or `--netns` cannot be resolved: no such container or
+    /// namespace, not running, Docker unreachable, nothing to hook.
+    #[error("{0}")]
+    Endpoint(String),
+    #[error("--reset needs TCP, but --proto is udp")]
+    ResetNeedsTcp,
+    /// Departure times are kept only where a packet leaves by a hooked
+    /// port: on a container's veth, that is what the container receives.
+    #[error(
+        "with --container or --netns, --delay and --rate apply to what the container receives: use --direction to or both"
+    )]
+    ScheduleOnlyInbound,
+    #[error(
+        "--corrupt-payload needs TCP or UDP, and --proto any without --port also matches ICMP: add --proto or --port"
+    )]
+    PayloadNeedsL4,
+    #[error("rules {0} and {1} both match {2}")]
+    Overlap(usize, usize, String),
+    #[error("too many rules: {0} (at most {MAX_RULES})")]
+    TooMany(usize),
+    #[error("unknown interface '{0}'")]
+    UnknownInterface(String),
+    #[error("{0}")]
+    Privileges(String),
+    /// The kernel lacks what the flags ask for.
+    #[error("{0}")]
+    Kernel(String),
+    /// The config file cannot be read, parsed or turned into rules.
+    #[error("config: {0}")]
+    Config(String),
+    #[error("give the rule either as flags or in --config, not both")]
+    ConfigAndFlags,
+    #[error("{0}")]
+    Behavior(String),
+    /// The API address or token cannot be used.
+    #[error("{0}")]
+    Api(String),
+    /// A rule built in Rust (`Faults`) has a value out of range, or flags
+    /// that do not parse.
+    #[error("{0}")]
+    Rule(String),
+    /// Hooks that outlive the process, and no program to run their guard.
+    #[error("{0}")]
+    Guard(String),
+}
+
+impl UsageError {
+    /// Whether `fq`, which delays and rates need, cannot be put on a port.
+    pub fn is_qdisc(&self) -> bool {
+        matches!(self, UsageError::NoFq | UsageError::ForeignRootQdisc { .. })
+    }
+}
