@@ -9,7 +9,7 @@
 //! command line, the kernel program looks the packet's addresses up in the
 //! `TARGETS` trie, reads the [`Rule`] the entry names, draws its dice and
 //! counts what it did in [`Counters`].
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod counters;
 pub mod csum;
@@ -35,7 +35,8 @@ pub const MAP_ORDER: &str = "ORDER";
 pub const MAP_ENDPOINT: &str = "ENDPOINT";
 pub const MAP_CONNS: &str = "CONNS";
 pub const MAP_EXACT: &str = "EXACT";
-pub const MAP_ADDRS: &str = "ADDRS";
+pub const MAP_EXACT_INDEX: &str = "EXACT_INDEX";
+pub const MAP_EXACT_SLOTS: &str = "EXACT_SLOTS";
 
 /// Rules are numbered `1..=MAX_RULES`; 0 means "no rule" in a [`TargetValue`].
 /// Counter slot 0 holds the totals of the program itself.
@@ -363,21 +364,24 @@ pub const CONFIG_PORTLESS: u32 = 2;
 /// (sides by hook: egress is "to", ingress "from"), tried after the trie.
 /// Never set together with [`CONFIG_BRIDGE`].
 pub const CONFIG_ENDPOINT: u32 = 4;
-/// Config flag: the targets of full length (one address, `/32` or `/128`)
-/// are in the `EXACT` hash map, keyed by [`ExactKey`], and the `ADDRS`
-/// array marks their [`addr_fold`]s: an address whose fold is not marked is
-/// no such target, and costs the packet one array read. Without this flag
-/// every target is in the `TARGETS` trie.
+/// Config flag: the targets of full length (one address, `/32` or `/128`,
+/// with a port or portless) are in the exact-target table, not the
+/// `TARGETS` trie: `EXACT_INDEX[exact_fold(address, port)]` is 0 (no such
+/// target: one array read for most packets), the index of the slot in
+/// `EXACT_SLOTS` that holds the target's [`ExactKey`] and [`TargetValue`]
+/// (compared, then used: two array reads), or [`EXACT_COLLIDED`] (more
+/// than one target has that fold: they are in the `EXACT` hash map).
+/// Without this flag every target is in the trie.
 pub const CONFIG_EXACT: u32 = 8;
 /// Config flag: some target is a prefix shorter than one address, in the
-/// `TARGETS` trie, which is searched after `EXACT` (with
+/// `TARGETS` trie, which is searched after the exact table (with
 /// [`CONFIG_EXACT`]; without it the trie holds every target).
 pub const CONFIG_PREFIXES: u32 = 16;
 
-/// Key of the `EXACT` hash map: a target of one address (IPv4-mapped for
-/// IPv4, network order) and port (network order; 0: the portless rules).
-/// Aligned, with its padding as zeroed scalar fields, so that the kernel
-/// builds it in three words.
+/// A target of one address (IPv4-mapped for IPv4, network order) and port
+/// (network order; 0: the portless rules): what an exact-table slot holds
+/// and the key of the `EXACT` hash map. Aligned, with its padding as zeroed
+/// scalar fields, so that the kernel builds and compares it in words.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExactKey {
@@ -392,21 +396,70 @@ impl ExactKey {
     pub const fn new(addr: [u8; 16], port: [u8; 2]) -> Self {
         Self { addr, port, _pad0: 0, _pad1: 0 }
     }
+
+    /// The key as three words: what the kernel compares.
+    #[inline(always)]
+    pub const fn words(&self) -> &[u64; 3] {
+        // SAFETY: `ExactKey` is #[repr(C, align(8))], 24 bytes of integers
+        // with no implicit padding: a valid, aligned [u64; 3].
+        unsafe { &*(self as *const Self).cast::<[u64; 3]>() }
+    }
+
+    /// The key's slot in `EXACT_INDEX` ([`exact_fold`]).
+    #[inline(always)]
+    pub const fn fold(&self) -> u32 {
+        let w = self.words();
+        exact_fold(w[0], w[1], w[2])
+    }
+
+    /// The fold of the key of `addr`, given as its four 32-bit words in
+    /// memory order (as the kernel program reads them from a packet), and
+    /// `port`, without building the key.
+    #[inline(always)]
+    pub const fn fold_of(addr: [u32; 4], port: [u8; 2]) -> u32 {
+        const fn join(first: u32, second: u32) -> u64 {
+            if cfg!(target_endian = "little") {
+                first as u64 | (second as u64) << 32
+            } else {
+                (first as u64) << 32 | second as u64
+            }
+        }
+        let port = u16::from_ne_bytes(port) as u64;
+        let port = if cfg!(target_endian = "little") { port } else { port << 48 };
+        exact_fold(join(addr[0], addr[1]), join(addr[2], addr[3]), port)
+    }
 }
 
-/// Entries of the `ADDRS` array: one per value of [`addr_fold`].
-pub const ADDR_FOLDS: u32 = 1 << 16;
+/// Entries of the `EXACT_INDEX` array: one per value of [`exact_fold`]
+/// (1 MiB of u32s): with n targets a given one shares its fold with
+/// another with probability about n / 2^18, 0.4% at 1 000.
+pub const EXACT_FOLDS: u32 = 1 << 18;
+/// An `EXACT_INDEX` entry whose fold more than one target shares: look the
+/// key up in the `EXACT` hash map.
+pub const EXACT_COLLIDED: u32 = u32::MAX;
 
-/// A 16-bit fold of an address (as stored in keys): the index of its mark
-/// in the `ADDRS` array. Addresses of one subnet differ in their low bits,
-/// which the fold keeps.
+/// An 18-bit fold of an [`ExactKey`] given as its three words (address
+/// halves, then the port word): its entry in `EXACT_INDEX`. The last two
+/// bytes of the address (the host part of most subnets) enter as they are,
+/// the rest of the address and the port through a multiplicative hash: the
+/// targets of a /16 on one port never share a fold, and those on other
+/// ports or in other subnets rarely.
 #[inline(always)]
-pub const fn addr_fold(addr: &[u8; 16]) -> u32 {
-    let hi = u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
-    let lo = u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
-    let x = hi ^ lo;
-    let x = x ^ (x >> 32);
-    ((x ^ (x >> 16)) & 0xffff) as u32
+pub const fn exact_fold(hi: u64, lo: u64, port: u64) -> u32 {
+    // Little-endian: the low 16 bits of `host` are bytes 14-15 (xor 8-9,
+    // which an IPv4-mapped address has zero), and `lo << 16` leaves them out
+    // of the hash. (A big-endian host folds other bytes: as well spread.)
+    let host = lo ^ (lo >> 48);
+    let rest = (hi.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (lo << 16) ^ port).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (((host & 0xffff) ^ (rest >> 46)) & (EXACT_FOLDS as u64 - 1)) as u32
+}
+
+/// An `EXACT_SLOTS` entry: a target of one address and what it leads to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExactSlot {
+    pub key: ExactKey,
+    pub value: TargetValue,
 }
 
 /// Global settings, in the single slot of the `CONFIG` array.
@@ -463,5 +516,33 @@ mod pod {
         )+};
     }
 
-    pod!(TargetKey, TargetValue, Rule, Counters, Config, FlowKey, DistTable, RuleState, ConnState, ExactKey);
+    pod!(TargetKey, TargetValue, Rule, Counters, Config, FlowKey, DistTable, RuleState, ConnState, ExactKey, ExactSlot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fold_of_a_key_keeps_neighbours_and_ports_apart() {
+        let v4 = |d: u8| [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, d];
+        let v4_16 = |i: u16| {
+            let [c, d] = i.to_be_bytes();
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, c, d]
+        };
+        let folds: std::collections::BTreeSet<u32> =
+            (0..=255).flat_map(|d| [0u16, 80, 443].map(|p| ExactKey::new(v4(d), p.to_be_bytes()).fold())).collect();
+        assert_eq!(folds.len(), 256 * 3, "a /24 on three ports collides");
+        // A /16 on one port never does.
+        let one_port: std::collections::BTreeSet<u32> =
+            (0..=u16::MAX).map(|i| ExactKey::new(v4_16(i), [0, 80]).fold()).collect();
+        assert_eq!(one_port.len(), 65_536);
+        assert!(folds.iter().all(|f| *f < EXACT_FOLDS));
+        let k = ExactKey::new(v4(2), [0, 80]);
+        assert_eq!(k.words()[2] & 0xffff, u64::from(u16::from_ne_bytes([0, 80])));
+        // From the address's words, as the kernel reads them.
+        let a = v4(2);
+        let words = [0, 1, 2, 3].map(|i| u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]));
+        assert_eq!(ExactKey::fold_of(words, [0, 80]), k.fold());
+    }
 }

@@ -49,12 +49,16 @@ enum Hook {
 }
 
 #[classifier]
+// Inlined into the entry point the macro wraps it in: one frame, no call.
+#[inline(always)]
 #[expect(clippy::needless_pass_by_value, reason = "the signature aya's classifier macro asks for")]
 pub fn pyg_ingress(ctx: TcContext) -> i32 {
     classify(&ctx, Hook::Ingress)
 }
 
 #[classifier]
+// Inlined into the entry point the macro wraps it in: one frame, no call.
+#[inline(always)]
 #[expect(clippy::needless_pass_by_value, reason = "the signature aya's classifier macro asks for")]
 pub fn pyg_egress(ctx: TcContext) -> i32 {
     classify(&ctx, Hook::Egress)
@@ -122,8 +126,12 @@ fn try_classify(ctx: &TcContext, hook: Hook, pass: Pass) -> Result<Judged, ()> {
     // Ports no rule names end here, before any address is copied or looked
     // up: the path most packets take.
     // (Portless rules and the endpoint's own rule match any port.)
-    let any_port = cfg.flags & (CONFIG_PORTLESS | CONFIG_ENDPOINT) != 0;
-    let Some(pkt) = parse::packet(ctx, any_port, maps::port_named, pass)? else {
+    let filter = parse::Filter {
+        any_port: cfg.flags & (CONFIG_PORTLESS | CONFIG_ENDPOINT) != 0,
+        portless: cfg.flags & CONFIG_PORTLESS != 0,
+        exact_only: cfg.flags & (CONFIG_EXACT | CONFIG_PREFIXES | CONFIG_ENDPOINT) == CONFIG_EXACT,
+    };
+    let Some(pkt) = parse::packet(ctx, &filter, maps::port_named, pass)? else {
         return Ok(Judged::NOBODY);
     };
     let (id, rule) = match find_rule(pkt, cfg, hook) {
@@ -185,20 +193,15 @@ fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Found {
         if !(named || portless) {
             continue;
         }
-        // One array read tells most addresses that are no target's.
-        let marked = exact && maps::addr_marked(addr);
-        if !(marked || trie) {
-            continue;
-        }
         let cell = TargetValue::index(side, pkt.class);
         if named
-            && let Some(entry) = target(addr, port, marked, trie)
+            && let Some(entry) = target(addr, port, exact, trie)
             && let Some(found) = pick(entry, cell, &mut seen)
         {
             return found;
         }
         if portless
-            && let Some(entry) = target(addr, [0, 0], marked, trie)
+            && let Some(entry) = target(addr, [0, 0], exact, trie)
             && let Some(found) = pick(entry, cell, &mut seen)
         {
             return found;
@@ -215,12 +218,12 @@ fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Found {
     if seen != 0 { Found::Target(seen) } else { Found::Nothing }
 }
 
-/// The target entry of (`addr`, `port`): its exact entry if the address
-/// is `marked` and has one (an exact entry is the longest prefix there
+/// The target entry of (`addr`, `port`): its exact entry if the exact
+/// table is in use and has one (an exact entry is the longest prefix there
 /// is), else the longest prefix in the trie if it is searched.
 #[inline(always)]
-fn target(addr: &[u8; 16], port: [u8; 2], marked: bool, trie: bool) -> Option<&'static TargetValue> {
-    if marked && let Some(entry) = maps::exact(addr, port) {
+fn target(addr: &[u8; 16], port: [u8; 2], exact: bool, trie: bool) -> Option<&'static TargetValue> {
+    if exact && let Some(entry) = maps::exact(addr, port) {
         return Some(entry);
     }
     if trie { maps::target(addr, port) } else { None }

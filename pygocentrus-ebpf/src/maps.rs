@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use pygocentrus_common::{
-    ADDR_BITS, ADDR_FOLDS, Config, ConnState, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, ExactKey, MAX_FLOWS,
-    MAX_TARGETS, PORT_BITS, PortMark, RULE_SLOTS, Rule, RuleState, Tally, TargetKey, TargetValue, addr_fold,
+    ADDR_BITS, Config, ConnState, Counters, DIST_TABLE_SIZE, DIST_TABLES, DistTable, EXACT_COLLIDED, EXACT_FOLDS,
+    ExactKey, ExactSlot, MAX_FLOWS, MAX_TARGETS, PORT_BITS, PortMark, RULE_SLOTS, Rule, RuleState, Tally, TargetKey,
+    TargetValue,
 };
 
 use crate::parse::Packet;
@@ -20,15 +21,19 @@ static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::with_max_entries(MAX_
 #[map(name = "RULES")]
 static RULES: Array<Rule> = Array::with_max_entries(RULE_SLOTS, 0);
 
-/// (address, port) → the rules of that target, for targets of one
-/// address, with [`pygocentrus_common::CONFIG_EXACT`].
+/// [`ExactKey::fold`] → 0 (no target of one address has that fold), the
+/// `EXACT_SLOTS` index of the one that has, or `EXACT_COLLIDED`, with
+/// [`pygocentrus_common::CONFIG_EXACT`].
+#[map(name = "EXACT_INDEX")]
+static EXACT_INDEX: Array<u32> = Array::with_max_entries(EXACT_FOLDS, 0);
+
+/// The targets of one address whose fold is theirs alone (slot 0 unused).
+#[map(name = "EXACT_SLOTS")]
+static EXACT_SLOTS: Array<ExactSlot> = Array::with_max_entries(MAX_TARGETS + 1, 0);
+
+/// The targets of one address whose fold another shares.
 #[map(name = "EXACT")]
 static EXACT: HashMap<ExactKey, TargetValue> = HashMap::with_max_entries(MAX_TARGETS, 0);
-
-/// [`addr_fold`] of an address → non-zero if some target in `EXACT` may
-/// have that address (a cheap pre-filter).
-#[map(name = "ADDRS")]
-static ADDRS: Array<u8> = Array::with_max_entries(ADDR_FOLDS, 0);
 
 /// Host-order port → non-zero if some rule names it (a cheap pre-filter).
 #[map(name = "PORTS")]
@@ -69,20 +74,34 @@ pub fn port_named(port: [u8; 2]) -> bool {
     PORTS.get(u32::from(u16::from_be_bytes(port))).is_some_and(|m| *m != 0)
 }
 
-/// Whether `ADDRS` marks the fold of `addr`.
+/// Whether some target of one address may be (`addr` as its words in
+/// memory order, `port`): its fold's index entry is not 0.
 #[inline(always)]
-pub fn addr_marked(addr: &[u8; 16]) -> bool {
-    ADDRS.get(addr_fold(addr)).is_some_and(|m| *m != 0)
+pub fn exact_known(addr: [u32; 4], port: [u8; 2]) -> bool {
+    EXACT_INDEX.get(ExactKey::fold_of(addr, port)).is_some_and(|i| *i != 0)
 }
 
-/// The `EXACT` entry for `port` (network order; 0: the portless rules) on
-/// `addr`.
+/// The exact-target entry for `port` (network order; 0: the portless
+/// rules) on `addr`: one array read when there is none (most packets),
+/// two and a compare of three words when there is.
 #[inline(always)]
 pub fn exact(addr: &[u8; 16], port: [u8; 2]) -> Option<&'static TargetValue> {
-    // SAFETY: the value outlives the program run. The loader may rewrite it
-    // meanwhile (a live change of rules): a value is rule ids, and a torn
-    // read at worst picks a rule of the old or the new set.
-    unsafe { EXACT.get(ExactKey::new(*addr, port)) }
+    let key = ExactKey::new(*addr, port);
+    let index = *EXACT_INDEX.get(key.fold())?;
+    if index == 0 {
+        return None;
+    }
+    if index == EXACT_COLLIDED {
+        // SAFETY: the value outlives the program run; the loader replaces
+        // an entry as a whole (the hash map's update is atomic).
+        return unsafe { EXACT.get(key) };
+    }
+    let slot = EXACT_SLOTS.get(index)?;
+    let (a, b) = (slot.key.words(), key.words());
+    // The loader may rewrite a slot's value meanwhile (a live change of
+    // rules), never its key while the index points to it: a value is rule
+    // ids, and a torn read at worst picks a rule of the old or the new set.
+    if a[0] == b[0] && a[1] == b[1] && a[2] == b[2] { Some(&slot.value) } else { None }
 }
 
 /// The trie entry for `port` (network order; 0: the portless rules) on

@@ -91,17 +91,29 @@ pub fn to_mac(ctx: &TcContext, mac: &[u8; 6]) -> Result<bool, ()> {
     Ok(read::<6>(ctx, 0)? == *mac)
 }
 
+/// Which packets are worth parsing in full, from the config flags.
+pub struct Filter {
+    /// Some rule matches any port (a portless rule, the endpoint's rules).
+    pub any_port: bool,
+    /// Portless rules exist.
+    pub portless: bool,
+    /// Every target is one address, in the exact table (no prefix, no
+    /// endpoint rule): an address the table does not know is no target's.
+    pub exact_only: bool,
+}
+
 /// Parses Ethernet (one 802.1Q/802.1ad tag), IPv4 or IPv6, TCP or UDP,
 /// into this CPU's scratch slot for `pass`.
 /// `Ok(None)`: a packet we never touch (not IP, a non-first fragment, an
-/// IPv6 extension header), or one neither of whose ports is `named` while
-/// no rule matches `any_port`. The ports are read before the addresses are
-/// copied (or the scratch slot looked up), so that the common case,
-/// traffic no rule names a port of, costs as little as possible.
+/// IPv6 extension header), one neither of whose ports is `named` while no
+/// rule matches any port, or (`filter.exact_only`) one whose addresses no
+/// target has. The ports are read before the addresses, and both checked
+/// before the scratch slot is looked up, so that the common case, traffic
+/// no rule names a port or an address of, costs as little as possible.
 #[inline(always)]
 pub fn packet(
     ctx: &TcContext,
-    any_port: bool,
+    filter: &Filter,
     named: impl Fn([u8; 2]) -> bool,
     pass: Pass,
 ) -> Result<Option<&'static mut Packet>, ()> {
@@ -154,27 +166,40 @@ pub fn packet(
         _ => (CLASS_OTHER, [0; 2], [0; 2], 0, 0),
     };
     let (sport_named, dport_named) = (named(sport), named(dport));
-    if !(any_port || sport_named || dport_named) {
+    if !(filter.any_port || sport_named || dport_named) {
         return Ok(None);
+    }
+    let (saddr, daddr) = if ipv6 {
+        let a = words::<8>(ctx, l3 + 8)?;
+        ([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]])
+    } else {
+        let a = words::<2>(ctx, l3 + 12)?;
+        (mapped(a[0]), mapped(a[1]))
+    };
+    // Where every target is one address, an address no target has ends
+    // here: one array read per side, before the scratch slot is filled.
+    if filter.exact_only {
+        let known = |addr: [u32; 4], port: [u8; 2], named: bool| {
+            (named && maps::exact_known(addr, port)) || (filter.portless && maps::exact_known(addr, [0, 0]))
+        };
+        if !(known(daddr, dport, dport_named) || known(saddr, sport, sport_named)) {
+            return Ok(None);
+        }
     }
     let pkt = maps::packet_slot(pass).ok_or(())?;
     pkt.key.sport = sport;
     pkt.key.dport = dport;
     pkt.key.proto = proto;
+    put_addr(&mut pkt.key.saddr, saddr);
+    put_addr(&mut pkt.key.daddr, daddr);
     if ipv6 {
         pkt.l4_len = usize::from(u16::from_be_bytes(read::<2>(ctx, l3 + 4)?));
-        let addrs = words::<8>(ctx, l3 + 8)?;
-        put_addr(&mut pkt.key.saddr, [addrs[0], addrs[1], addrs[2], addrs[3]]);
-        put_addr(&mut pkt.key.daddr, [addrs[4], addrs[5], addrs[6], addrs[7]]);
         pkt.fragment = false;
     } else {
         let ip = read::<8>(ctx, l3)?;
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
         pkt.l4_len = total.saturating_sub(l4 - l3);
         pkt.fragment = ip[6] & 0x20 != 0;
-        let addrs = words::<2>(ctx, l3 + 12)?;
-        put_addr(&mut pkt.key.saddr, mapped(addrs[0]));
-        put_addr(&mut pkt.key.daddr, mapped(addrs[1]));
     }
     pkt.l3 = l3;
     pkt.l4 = l4;

@@ -1,20 +1,61 @@
 //! The loaded eBPF object and the only code that reads or writes its maps.
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{
+    collections::{BTreeSet, HashMap},
+    os::fd::AsFd as _,
+};
 
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::SchedClassifier,
 };
 use pygocentrus_common::{
-    CONFIG_BRIDGE, Config, Counters, DistTable, MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_ENDPOINT, MAP_PORTS,
-    MAP_RULE_STATE, MAP_RULES, MAP_TARGETS, PROG_EGRESS, PROG_INGRESS, PortMark, Rule, RuleState, TargetKey,
+    ADDR_BITS, CONFIG_BRIDGE, CONFIG_EXACT, CONFIG_PREFIXES, Config, Counters, DistTable, ExactKey, ExactSlot,
+    MAP_CONFIG, MAP_COUNTERS, MAP_DIST, MAP_ENDPOINT, MAP_EXACT, MAP_EXACT_INDEX, MAP_EXACT_SLOTS, MAP_PORTS,
+    MAP_RULE_STATE, MAP_RULES, MAP_TARGETS, PORT_BITS, PROG_EGRESS, PROG_INGRESS, PortMark, Rule, RuleState, TargetKey,
     TargetValue,
 };
 use thiserror::Error;
 
-use crate::{datapath::dist, rules::MapContents};
+use crate::{
+    datapath::{
+        dist,
+        exact::{ExactTable, Write},
+    },
+    rules::MapContents,
+};
+
+/// Where the target entries of a [`MapContents`] are stored: an entry of
+/// one address (`/32`, `/128`, with or without a port) in the exact-target
+/// table; a shorter prefix in
+/// the `TARGETS` trie. A packet's address then costs one array read when
+/// no target has it, and two array reads instead of a trie walk when one
+/// does (`datapath::exact`); the trie is searched only where a prefix rule
+/// exists. The kernel
+/// tries the exact entry first: it is the longest prefix there is, and
+/// `rules::encode` has given it the cells of the prefixes that cover it.
+struct Stored<'a> {
+    exact: Vec<(ExactKey, TargetValue)>,
+    trie: Vec<(u32, &'a TargetKey, &'a TargetValue)>,
+    /// `CONFIG_EXACT`, and `CONFIG_PREFIXES` if the trie has entries.
+    flags: u32,
+}
+
+impl<'a> Stored<'a> {
+    fn of(m: &'a MapContents) -> Self {
+        let mut out = Stored { exact: Vec::new(), trie: Vec::new(), flags: CONFIG_EXACT };
+        for (prefix, key, value) in &m.targets {
+            if *prefix == PORT_BITS + ADDR_BITS {
+                out.exact.push((ExactKey::new(key.addr, key.port), *value));
+            } else {
+                out.trie.push((*prefix, key, value));
+                out.flags |= CONFIG_PREFIXES;
+            }
+        }
+        out
+    }
+}
 
 /// The kernel program, built by `build.rs` and embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pygocentrus"));
@@ -62,6 +103,7 @@ pub struct Engine {
     ebpf: Ebpf,
     config: Config,
     rules: u32,
+    exact: ExactTable,
 }
 
 impl Engine {
@@ -77,7 +119,7 @@ impl Engine {
                 .map_err(|e| EngineError::Program(name, e))?;
             prog.load().map_err(|e| EngineError::Program(name, e))?;
         }
-        let mut engine = Self { ebpf, config: Config::default(), rules: 0 };
+        let mut engine = Self { ebpf, config: Config::default(), rules: 0, exact: ExactTable::default() };
         engine.write_dist_tables()?;
         Ok(engine)
     }
@@ -117,11 +159,14 @@ impl Engine {
                 ports.set(u32::from(*port), 1, 0).map_err(|e| EngineError::Map(MAP_PORTS, e))?;
             }
         }
+        let stored = Stored::of(m);
+        let writes = self.exact.update(&stored.exact);
+        self.write_exact(&writes)?;
         {
             let mut targets: LpmTrie<_, TargetKey, TargetValue> =
                 LpmTrie::try_from(self.map_mut(MAP_TARGETS)?).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
-            for (prefix, key, value) in &m.targets {
-                targets.insert(&Key::new(*prefix, *key), value, 0).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
+            for (prefix, key, value) in &stored.trie {
+                targets.insert(&Key::new(*prefix, **key), *value, 0).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
             }
         }
         if let Some(value) = &m.endpoint {
@@ -130,7 +175,7 @@ impl Engine {
             endpoint.set(0, value, 0).map_err(|e| EngineError::Map(MAP_ENDPOINT, e))?;
         }
         self.rules = m.rules.iter().map(|(id, _)| *id).max().unwrap_or(0);
-        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | m.flags;
+        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | m.flags | stored.flags;
         self.write_config()
     }
 
@@ -142,7 +187,9 @@ impl Engine {
     /// changed start again from zero.
     pub fn replace(&mut self, old: &MapContents, new: &MapContents) -> Result<(), EngineError> {
         // Both sets of flags while both sets of entries may be in place.
-        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | old.flags | new.flags;
+        let (was_stored, now_stored) = (Stored::of(old), Stored::of(new));
+        self.config.flags =
+            (self.config.flags & CONFIG_BRIDGE) | old.flags | new.flags | was_stored.flags | now_stored.flags;
         self.write_config()?;
         // Ids that now hold another rule, or none: what was counted under
         // them belongs to a rule that is gone.
@@ -161,10 +208,10 @@ impl Engine {
         {
             let mut targets: LpmTrie<_, TargetKey, TargetValue> =
                 LpmTrie::try_from(self.map_mut(MAP_TARGETS)?).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
-            for (prefix, key, _) in &old.targets {
-                if !new.targets.iter().any(|(p, k, _)| p == prefix && k == key) {
-                    targets.remove(&Key::new(*prefix, *key)).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
-                }
+            let keep: BTreeSet<(u32, [u8; 2], [u8; 16])> =
+                now_stored.trie.iter().map(|(p, k, _)| (*p, k.port, k.addr)).collect();
+            for (prefix, key, _) in was_stored.trie.iter().filter(|(p, k, _)| !keep.contains(&(*p, k.port, k.addr))) {
+                targets.remove(&Key::new(*prefix, **key)).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
             }
         }
         {
@@ -187,8 +234,37 @@ impl Engine {
                 rules.set(*id, Rule::default(), 0).map_err(|e| EngineError::Map(MAP_RULES, e))?;
             }
         }
-        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | new.flags;
+        self.config.flags = (self.config.flags & CONFIG_BRIDGE) | new.flags | now_stored.flags;
         self.write_config()
+    }
+
+    /// Writes the exact-target table's writes, in their order.
+    fn write_exact(&mut self, writes: &[Write]) -> Result<(), EngineError> {
+        for w in writes {
+            match w {
+                Write::Slot(i, slot) => {
+                    let mut slots: Array<_, ExactSlot> = Array::try_from(self.map_mut(MAP_EXACT_SLOTS)?)
+                        .map_err(|e| EngineError::Map(MAP_EXACT_SLOTS, e))?;
+                    slots.set(*i, slot, 0).map_err(|e| EngineError::Map(MAP_EXACT_SLOTS, e))?;
+                }
+                Write::Index(fold, v) => {
+                    let mut index: Array<_, u32> = Array::try_from(self.map_mut(MAP_EXACT_INDEX)?)
+                        .map_err(|e| EngineError::Map(MAP_EXACT_INDEX, e))?;
+                    index.set(*fold, v, 0).map_err(|e| EngineError::Map(MAP_EXACT_INDEX, e))?;
+                }
+                Write::Hash(key, value) => {
+                    let mut hash: BpfHashMap<_, ExactKey, TargetValue> =
+                        BpfHashMap::try_from(self.map_mut(MAP_EXACT)?).map_err(|e| EngineError::Map(MAP_EXACT, e))?;
+                    hash.insert(key, value, 0).map_err(|e| EngineError::Map(MAP_EXACT, e))?;
+                }
+                Write::Unhash(key) => {
+                    let mut hash: BpfHashMap<_, ExactKey, TargetValue> =
+                        BpfHashMap::try_from(self.map_mut(MAP_EXACT)?).map_err(|e| EngineError::Map(MAP_EXACT, e))?;
+                    hash.remove(key).map_err(|e| EngineError::Map(MAP_EXACT, e))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Zeroes the counters and the state of rule ids `ids`.
@@ -334,5 +410,32 @@ mod batch {
         // `Pod`: valid for any bytes.
         unsafe { values.set_len(slots * cpus) };
         Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pygocentrus_common::{CONFIG_EXACT, CONFIG_PREFIXES};
+
+    use super::Stored;
+    use crate::rules::{RuleSpec, args::parse_flags, spec::Plan};
+
+    fn stored_flags(rules: &[&str]) -> (usize, usize, u32) {
+        let rules = rules.iter().map(|r| RuleSpec::from_args(&parse_flags(r).unwrap(), None).unwrap()).collect();
+        let m = Plan { rules }.map_contents().unwrap();
+        let s = Stored::of(&m);
+        (s.exact.len(), s.trie.len(), s.flags)
+    }
+
+    #[test]
+    fn one_address_goes_to_the_hash_a_prefix_to_the_trie() {
+        assert_eq!(stored_flags(&["--ip 198.18.0.2 --port 80 --drop 1"]), (1, 0, CONFIG_EXACT));
+        assert_eq!(stored_flags(&["--ip fd00::2 --drop 1"]), (1, 0, CONFIG_EXACT));
+        assert_eq!(
+            stored_flags(&["--ip 198.18.0.0/24 --port 80 --drop 1", "--ip 198.18.0.2 --port 80 --proto udp --drop 1"]),
+            (1, 1, CONFIG_EXACT | CONFIG_PREFIXES)
+        );
+        // A rule without an address is a prefix of length 0.
+        assert_eq!(stored_flags(&["--port 80 --drop 1"]), (0, 1, CONFIG_EXACT | CONFIG_PREFIXES));
     }
 }

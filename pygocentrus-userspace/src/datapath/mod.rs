@@ -5,6 +5,8 @@
 //! - [`privileges`]: refuses early when the process cannot load BPF;
 //! - [`netlink`]: links, link events, qdiscs through rtnetlink;
 //! - [`dist`]: the delay distribution tables the kernel reads;
+//! - [`exact`]: where each target of one address sits in the exact-target
+//!   table, and the order of the writes that change it live;
 //! - [`engine`]: the loaded classifier, the only code touching maps;
 //! - [`qdisc`]: the `fq` and clsact qdiscs under the hooks;
 //! - [`leftovers`]: state files of what a run adds that outlives it, and
@@ -15,6 +17,7 @@
 
 pub mod dist;
 pub mod engine;
+pub mod exact;
 pub mod guard;
 pub mod hooks;
 pub mod leftovers;
