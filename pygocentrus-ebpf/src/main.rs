@@ -193,7 +193,7 @@ fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Found {
         if !(named || portless) {
             continue;
         }
-        let cell = TargetValue::index(side, pkt.class);
+        let cell = TargetValue::index(side, pkt.class());
         if named
             && let Some(entry) = target(addr, port, exact, trie)
             && let Some(found) = pick(entry, cell, &mut seen)
@@ -211,7 +211,7 @@ fn find_rule(pkt: &Packet, cfg: &Config, hook: Hook) -> Found {
         && let Some(entry) = maps::endpoint()
     {
         let side = if hook == Hook::Egress { SIDE_TO } else { SIDE_FROM };
-        if let Some(found) = pick(entry, TargetValue::index(side, pkt.class), &mut seen) {
+        if let Some(found) = pick(entry, TargetValue::index(side, pkt.class()), &mut seen) {
             return found;
         }
     }

@@ -36,8 +36,6 @@ pub struct Packet {
     pub l4_hlen: usize,
     /// Length of the L4 header plus payload, from the IP header.
     pub l4_len: usize,
-    /// Column of the rule table: `CLASS_TCP`, `CLASS_UDP` or `CLASS_OTHER`.
-    pub class: usize,
     pub ipv6: bool,
     /// The first fragment of a fragmented IPv4 datagram.
     pub fragment: bool,
@@ -50,6 +48,19 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Column of the rule table: `CLASS_TCP`, `CLASS_UDP` or `CLASS_OTHER`.
+    /// Computed where it is used, not stored: a value read back from the
+    /// scratch slot is unbounded to the verifier, and Linux 6.1's loses
+    /// the bound a check gives it once the compiler spills the index.
+    #[inline(always)]
+    pub fn class(&self) -> usize {
+        match self.key.proto {
+            PROTO_TCP => CLASS_TCP,
+            PROTO_UDP => CLASS_UDP,
+            _ => CLASS_OTHER,
+        }
+    }
+
     /// The pseudo-header addresses: 4 bytes for IPv4, 16 for IPv6.
     pub fn addrs(&self) -> (&[u8], &[u8]) {
         let k = &self.key;
@@ -150,20 +161,20 @@ pub fn packet(
         }
         _ => return Ok(None),
     };
-    let (class, sport, dport, l4_hlen, tcp_flags) = match proto {
+    let (sport, dport, l4_hlen, tcp_flags) = match proto {
         PROTO_TCP => {
             let tcp = read::<14>(ctx, l4)?;
             let hlen = usize::from(tcp[12] >> 4) * 4;
             if hlen < 20 {
                 return Err(());
             }
-            (CLASS_TCP, [tcp[0], tcp[1]], [tcp[2], tcp[3]], hlen, tcp[13])
+            ([tcp[0], tcp[1]], [tcp[2], tcp[3]], hlen, tcp[13])
         }
         PROTO_UDP => {
             let udp = read::<4>(ctx, l4)?;
-            (CLASS_UDP, [udp[0], udp[1]], [udp[2], udp[3]], UDP_HLEN, 0)
+            ([udp[0], udp[1]], [udp[2], udp[3]], UDP_HLEN, 0)
         }
-        _ => (CLASS_OTHER, [0; 2], [0; 2], 0, 0),
+        _ => ([0; 2], [0; 2], 0, 0),
     };
     let (sport_named, dport_named) = (named(sport), named(dport));
     if !(filter.any_port || sport_named || dport_named) {
@@ -204,7 +215,6 @@ pub fn packet(
     pkt.l3 = l3;
     pkt.l4 = l4;
     pkt.l4_hlen = l4_hlen;
-    pkt.class = class;
     pkt.ipv6 = ipv6;
     pkt.tcp_flags = tcp_flags;
     pkt.sport_named = sport_named;
