@@ -3,13 +3,13 @@
 //! the bits the kernel program's one counting site adds.
 //!
 //! A new counter is one line in the [`counters!`] list below: the struct
-//! slot, its name and its help text follow from it, on both sides.
+//! slot, its name and its label follow from it, on both sides.
 
 /// Declares [`Counter`] (one variant per counter, in the order shown),
 /// [`Counters`] (one field per counter, named as the counter), their names
-/// and help texts, and [`COUNTER_KINDS`].
+/// and text-line labels, and [`COUNTER_KINDS`].
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])+ $variant:ident $field:ident,)+) => {
+    ($($(#[doc = $doc:literal])+ $variant:ident $field:ident $label:literal,)+) => {
         /// One counter of a rule.
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,13 +29,13 @@ macro_rules! counters {
                 }
             }
 
-            /// One line saying what the counter counts (the `/metrics`
-            /// help text).
-            pub const fn help(self) -> &'static str {
+            /// The name as the text line prints it (`kebab-case`).
+            pub const fn label(self) -> &'static str {
                 match self {
-                    $(Counter::$variant => concat!($($doc),+).trim_ascii(),)+
+                    $(Counter::$variant => $label,)+
                 }
             }
+
         }
 
         /// How many counters a rule has.
@@ -78,47 +78,33 @@ macro_rules! counters {
 
 counters! {
     /// Packets whose address and port matched the rule's target.
-    Seen seen,
+    Seen seen "seen",
     /// Packets whose protocol and direction matched too: the ones the dice ran on.
-    Matched matched,
+    Matched matched "matched",
     /// Matched packets that left untouched.
-    Passed passed,
+    Passed passed "passed",
     /// Packets dropped (by the drop probability, the loss model or a full rate queue).
-    Dropped dropped,
+    Dropped dropped "dropped",
     /// Packets whose IP header was damaged so that the receiver discards them.
-    Corrupted corrupted,
+    Corrupted corrupted "corrupted",
     /// Packets with one payload byte changed and a valid checksum.
-    CorruptedPayload corrupted_payload,
+    CorruptedPayload corrupted_payload "corrupted-payload",
     /// TCP segments turned into resets.
-    Reset reset,
+    Reset reset "reset",
     /// Packets given a later departure time by the delay.
-    Delayed delayed,
+    Delayed delayed "delayed",
     /// Copies sent.
-    Duplicated duplicated,
+    Duplicated duplicated "duplicated",
     /// Packets held back by the rate limit.
-    RateLimited rate_limited,
+    RateLimited rate_limited "rate-limited",
     /// Packets dropped because their connection is unplugged.
-    Unplugged unplugged,
+    Unplugged unplugged "unplugged",
 }
 
 impl Counter {
     /// The counter's bit in a [`Tally`].
     pub const fn bit(self) -> Tally {
         1 << self as u32
-    }
-
-    /// The name as the text line prints it (`kebab-case`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Counter::CorruptedPayload => "corrupted-payload",
-            Counter::RateLimited => "rate-limited",
-            other => other.name(),
-        }
-    }
-
-    /// The counter called `name` ([`Counter::name`]).
-    pub fn from_name(name: &str) -> Option<Counter> {
-        Counter::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -154,11 +140,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_unique_and_round_trip() {
+    fn names_are_in_order_and_labels_match_them() {
         for (i, c) in Counter::ALL.into_iter().enumerate() {
             assert_eq!(c as usize, i);
-            assert_eq!(Counter::from_name(c.name()), Some(c));
-            assert!(!c.help().is_empty());
             assert_eq!(c.label().replace('-', "_"), c.name());
         }
     }

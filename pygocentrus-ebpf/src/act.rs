@@ -78,12 +78,10 @@ pub fn resettable(pkt: &Packet) -> bool {
 /// the ACK flag and number it had, no payload, lengths and checksums fixed.
 ///
 /// An initial SYN is never reset (nobody would hear it); the SYN-ACK that
-/// answers it is, and the client's connect fails with ECONNREFUSED.
+/// answers it is, and the client's connect fails with ECONNREFUSED. The
+/// caller has checked [`resettable`] (the decision needs it first).
 #[inline(always)]
 pub fn reset(ctx: &TcContext, pkt: &Packet, pass: Pass) -> Result<(), ()> {
-    if !resettable(pkt) {
-        return Err(());
-    }
     let hlen = pkt.l4_hlen;
     let csum_at = pkt.l4 + TCP_CSUM_OFF;
     let (saddr, daddr) = pkt.addrs();

@@ -24,8 +24,8 @@ use aya_ebpf::{
 use pygocentrus_common::{
     Action, CONFIG_BRIDGE, CONFIG_ENDPOINT, CONFIG_EXACT, CONFIG_PORTLESS, CONFIG_PREFIXES, CONN_RESET_FWD,
     CONN_RESET_REV, Config, Counter, MARK_DUPLICATE, MARK_ORPHAN, PROB_ALWAYS, PROB_NEVER, RULE_GE,
-    RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_FIN, TCP_RST, Tally, TargetValue, Threshold,
-    decide::{self, Applies, Fault, Flow, FlowCount},
+    RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TCP_FIN, TCP_RST, Tally, TargetValue,
+    decide::{self, Applies, Dice as _, Fault, Flow, FlowCount},
 };
 
 use crate::{maps::Pass, parse::Packet};
@@ -148,7 +148,7 @@ fn try_classify(ctx: &TcContext, hook: Hook, pass: Pass) -> Result<Judged, ()> {
         if hook == Hook::Ingress {
             return Ok(Judged::NOBODY);
         }
-        let (verdict, tally) = schedule(ctx, pkt, rule, id, &Dice::new(pkt, rule));
+        let (verdict, tally) = schedule(ctx, pkt, rule, id, &Dice::new(pkt, rule, id));
         return Ok(Judged { verdict, rule: id, tally });
     }
     // A packet that will wait in fq and still belongs to its socket is
@@ -159,7 +159,7 @@ fn try_classify(ctx: &TcContext, hook: Hook, pass: Pass) -> Result<Judged, ()> {
     {
         return Ok(Judged { verdict, rule: id, tally: 0 });
     }
-    let dice = Dice::new(pkt, rule);
+    let dice = Dice::new(pkt, rule, id);
     let fault = decide_fault(pkt, id, rule, &dice);
     let (verdict, tally) = act(ctx, pkt, pass, hook, id, rule, &dice, fault);
     Ok(Judged { verdict, rule: id, tally: MATCHED | tally })
@@ -261,36 +261,17 @@ fn first_rule(entry: &TargetValue) -> u32 {
 /// count the packet in its connection's state) if it has them and they
 /// apply to the connection, then its dice ([`decide::choose`]).
 #[inline(always)]
-fn decide_fault(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice) -> Fault {
+fn decide_fault(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice<'_>) -> Fault {
     let applies = Applies {
         reset: act::resettable(pkt),
         payload: decide::payload_len(pkt.key.proto, pkt.fragment, pkt.l4_len, pkt.l4_hlen).is_some(),
     };
-    let flow = if rule.limits_flows() && dice.fires(rule.limit_prob, Action::Limit) {
+    let flow = if rule.limits_flows() && dice.fires(Action::Limit) {
         flow_limits(pkt, id, rule, dice, applies.reset)
     } else {
         Flow::Dice
     };
-    decide::choose(flow, applies, &RuleDice { dice, rule, id })
-}
-
-/// A rule's dice for [`decide::choose`].
-struct RuleDice<'a> {
-    dice: &'a Dice,
-    rule: &'a Rule,
-    id: u32,
-}
-
-impl decide::Dice for RuleDice<'_> {
-    #[inline(always)]
-    fn fires(&self, action: Action) -> bool {
-        self.dice.fires(self.rule.threshold(action), action)
-    }
-
-    #[inline(always)]
-    fn lost(&self) -> bool {
-        self.rule.flags & RULE_GE != 0 && ge_loss(self.id, self.rule, self.dice)
-    }
+    decide::choose(flow, applies, dice)
 }
 
 /// Counts the packet in its connection's state for the rule's flow limits
@@ -302,7 +283,7 @@ impl decide::Dice for RuleDice<'_> {
 /// the program has one copy of the reset (the verifier walks each copy);
 /// if the rewrite then fails, the later segments pass (fail open).
 #[inline(always)]
-fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice, resettable: bool) -> Flow {
+fn flow_limits(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice<'_>, resettable: bool) -> Flow {
     // SAFETY: a helper without arguments.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let Some(state) = maps::conn_state(decide::mix64(dice.conn ^ u64::from(id)), now) else {
@@ -347,7 +328,7 @@ fn act(
     hook: Hook,
     id: u32,
     rule: &Rule,
-    dice: &Dice,
+    dice: &Dice<'_>,
     fault: Fault,
 ) -> (i32, Tally) {
     let rewritten = match fault {
@@ -365,7 +346,7 @@ fn act(
         return (PASS, counter.bit());
     }
     let mut tally = Counter::Passed.bit();
-    if dice.fires(rule.duplicate, Action::Duplicate) && duplicate(ctx, hook).is_ok() {
+    if dice.fires(Action::Duplicate) && duplicate(ctx, hook).is_ok() {
         tally |= Counter::Duplicated.bit();
     }
     if hook == Hook::Egress {
@@ -381,32 +362,19 @@ fn act(
 /// Rate, delay and order for a packet leaving by egress: `SHOT` when the
 /// rule's rate queue is full, `PASS` otherwise, and what it counts.
 #[inline(always)]
-fn schedule(ctx: &TcContext, pkt: &Packet, rule: &Rule, id: u32, dice: &Dice) -> (i32, Tally) {
+fn schedule(ctx: &TcContext, pkt: &Packet, rule: &Rule, id: u32, dice: &Dice<'_>) -> (i32, Tally) {
     if !rule.schedules() {
         return (PASS, 0);
     }
     let chosen = sched::Chosen {
-        delay: dice.fires(rule.delay_prob, Action::Delay),
-        rate: rule.rate_bytes != 0 && dice.fires(rule.rate_prob, Action::Rate),
-        fin: rule.fin_delay_ns != 0
-            && pkt.tcp_flags & TCP_FIN != 0
-            && dice.fires(rule.fin_delay_prob, Action::FinDelay),
+        delay: dice.fires(Action::Delay),
+        rate: rule.rate_bytes != 0 && dice.fires(Action::Rate),
+        fin: rule.fin_delay_ns != 0 && pkt.tcp_flags & TCP_FIN != 0 && dice.fires(Action::FinDelay),
     };
-    let done = sched::schedule(ctx, pkt, id, rule, &chosen, dice.draw(Action::Jitter));
-    (if done.overflow { SHOT } else { PASS }, done.tally)
-}
-
-/// One step of the rule's Gilbert-Elliott chain ([`decide::ge_step`]),
-/// its state kept in the rule's state.
-#[inline(always)]
-fn ge_loss(id: u32, rule: &Rule, dice: &Dice) -> bool {
-    let Some(state) = maps::rule_state(id) else {
-        return false;
-    };
-    let (bad, lost) =
-        decide::ge_step(&rule.ge, state.ge_bad != 0, dice.draw(Action::GeTransition), dice.draw(Action::GeLoss));
-    state.ge_bad = u32::from(bad);
-    lost
+    let tally =
+        sched::schedule(ctx, pkt, id, rule, &chosen, dice.draw(Action::Jitter), dice.seeded.then_some(dice.flow));
+    // A full rate queue drops the packet: its only drop.
+    (if tally & Counter::Dropped.bit() != 0 { SHOT } else { PASS }, tally)
 }
 
 /// Sends a copy of the packet through the same hook of the same device;
@@ -496,12 +464,14 @@ fn mark(ctx: &TcContext) -> u32 {
 /// connection in both directions; the other draws stay per packet.
 /// Plain fields (no `Option` of a tuple): every register the verifier sees
 /// spilled is initialised on both paths.
-struct Dice {
+struct Dice<'a> {
+    rule: &'a Rule,
+    /// The rule's id (its loss model's state is kept under it).
+    id: u32,
     seeded: bool,
     per_conn: bool,
     /// The packet goes in its connection's "forward" direction.
     forward: bool,
-    seed: u64,
     flow: u64,
     index: u64,
     /// The connection hash (both directions the same), when the rule
@@ -511,14 +481,15 @@ struct Dice {
     random: Cell<u64>,
 }
 
-impl Dice {
+impl<'a> Dice<'a> {
     #[inline(always)]
-    fn new(pkt: &Packet, rule: &Rule) -> Self {
+    fn new(pkt: &Packet, rule: &'a Rule, id: u32) -> Self {
         let mut dice = Self {
+            rule,
+            id,
             seeded: false,
             per_conn: false,
             forward: false,
-            seed: rule.seed,
             flow: 0,
             index: 0,
             conn: 0,
@@ -542,7 +513,7 @@ impl Dice {
     #[inline(always)]
     fn draw(&self, action: Action) -> u32 {
         if self.seeded {
-            return decide::seeded_draw(self.seed, self.flow, self.index, action);
+            return decide::seeded_draw(self.rule.seed, self.flow, self.index, action);
         }
         let mut random = self.random.get();
         if random == 0 {
@@ -553,18 +524,44 @@ impl Dice {
         decide::random_draw(random, action)
     }
 
-    /// Whether a fault with this probability hits the packet (with
+    /// One step of the rule's Gilbert-Elliott chain ([`decide::ge_step`]),
+    /// its state kept in the rule's state.
+    #[inline(always)]
+    fn ge_loss(&self) -> bool {
+        let Some(state) = maps::rule_state(self.id) else {
+            return false;
+        };
+        let (bad, lost) = decide::ge_step(
+            &self.rule.ge,
+            state.ge_bad != 0,
+            self.draw(Action::GeTransition),
+            self.draw(Action::GeLoss),
+        );
+        state.ge_bad = u32::from(bad);
+        lost
+    }
+}
+
+impl decide::Dice for Dice<'_> {
+    /// Whether the rule's fault `action` hits the packet (with
     /// `--per-connection`: its connection).
     #[inline(always)]
-    fn fires(&self, threshold: Threshold, action: Action) -> bool {
+    fn fires(&self, action: Action) -> bool {
+        let threshold = self.rule.threshold(action);
         if threshold == PROB_NEVER {
             return false;
         }
         if threshold == PROB_ALWAYS {
             return true;
         }
-        let draw = if self.per_conn { decide::seeded_draw(self.seed, self.conn, 0, action) } else { self.draw(action) };
+        let draw =
+            if self.per_conn { decide::seeded_draw(self.rule.seed, self.conn, 0, action) } else { self.draw(action) };
         decide::fires(draw, threshold)
+    }
+
+    #[inline(always)]
+    fn lost(&self) -> bool {
+        self.rule.flags & RULE_GE != 0 && self.ge_loss()
     }
 }
 

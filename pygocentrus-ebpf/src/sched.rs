@@ -19,14 +19,6 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// (Cilium's bandwidth manager bounds its EDT queue the same way, by 2 s.)
 const RATE_BACKLOG_NS: u64 = 2 * NSEC_PER_SEC;
 
-/// What scheduling did to one packet.
-pub struct Scheduled {
-    /// The counters it adds: delayed, rate-limited, or dropped.
-    pub tally: Tally,
-    /// The rule's rate queue is full: the packet must be dropped.
-    pub overflow: bool,
-}
-
 /// Which of the rule's schedules the dice chose for this packet.
 pub struct Chosen {
     /// The delay (and its jitter).
@@ -39,10 +31,21 @@ pub struct Chosen {
 
 /// Sets the departure time of a packet at egress: the rate first, then the
 /// delay (`jitter` is the draw that picks it from the distribution) and
-/// the FIN delay, then the flow's order.
+/// the FIN delay, then the flow's order (`flow`: the flow's hash if the
+/// seeded dice made it already). What it counts: delayed, rate-limited, or
+/// dropped when the rule's rate queue is full (the packet must then be
+/// dropped).
 #[inline(always)]
-pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Chosen, jitter: u32) -> Scheduled {
-    let mut out = Scheduled { tally: 0, overflow: false };
+pub fn schedule(
+    ctx: &TcContext,
+    pkt: &Packet,
+    id: u32,
+    rule: &Rule,
+    chosen: &Chosen,
+    jitter: u32,
+    flow: Option<u64>,
+) -> Tally {
+    let mut tally = 0;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut departure = now;
@@ -50,13 +53,11 @@ pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Ch
         && let Some(state) = maps::rule_state(id)
     {
         if state.next_departure > now.saturating_add(RATE_BACKLOG_NS) {
-            out.overflow = true;
-            out.tally = Counter::Dropped.bit();
-            return out;
+            return Counter::Dropped.bit();
         }
         if state.next_departure > departure {
             departure = state.next_departure;
-            out.tally |= Counter::RateLimited.bit();
+            tally |= Counter::RateLimited.bit();
         }
         state.next_departure =
             departure + (u64::from(ctx.len()) * NSEC_PER_SEC).checked_div(rule.rate_bytes).unwrap_or(0);
@@ -65,15 +66,15 @@ pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Ch
         let d = decide::pick_delay(rule, jitter, maps::dist_value);
         if d != 0 {
             departure += d;
-            out.tally |= Counter::Delayed.bit();
+            tally |= Counter::Delayed.bit();
         }
     }
     if chosen.fin {
         departure += rule.fin_delay_ns;
-        out.tally |= Counter::Delayed.bit();
+        tally |= Counter::Delayed.bit();
     }
     if rule.flags & RULE_KEEP_ORDER != 0 {
-        departure = maps::in_flow_order(decide::flow_hash(&pkt.key), departure);
+        departure = maps::in_flow_order(flow.unwrap_or_else(|| decide::flow_hash(&pkt.key)), departure);
     }
     if departure > now {
         // SAFETY: `skb` points to the context the kernel gave us; tstamp is
@@ -86,5 +87,5 @@ pub fn schedule(ctx: &TcContext, pkt: &Packet, id: u32, rule: &Rule, chosen: &Ch
             }
         }
     }
-    out
+    tally
 }

@@ -145,6 +145,11 @@ impl Engine {
     /// Writes rules, targets, ports and the endpoint's rules. Call before
     /// attaching (the maps start empty, so nothing matches until then).
     pub fn install(&mut self, m: &MapContents) -> Result<(), EngineError> {
+        self.install_stored(m, &Stored::of(m))
+    }
+
+    /// [`Engine::install`], with the target entries already split.
+    fn install_stored(&mut self, m: &MapContents, stored: &Stored<'_>) -> Result<(), EngineError> {
         {
             let mut rules: Array<_, Rule> =
                 Array::try_from(self.map_mut(MAP_RULES)?).map_err(|e| EngineError::Map(MAP_RULES, e))?;
@@ -159,7 +164,6 @@ impl Engine {
                 ports.set(u32::from(*port), 1, 0).map_err(|e| EngineError::Map(MAP_PORTS, e))?;
             }
         }
-        let stored = Stored::of(m);
         let writes = self.exact.update(&stored.exact);
         self.write_exact(&writes)?;
         {
@@ -204,7 +208,7 @@ impl Engine {
             .chain(gone.iter().copied())
             .collect();
         self.zero_rule_state(&changed)?;
-        self.install(new)?;
+        self.install_stored(new, &now_stored)?;
         {
             let mut targets: LpmTrie<_, TargetKey, TargetValue> =
                 LpmTrie::try_from(self.map_mut(MAP_TARGETS)?).map_err(|e| EngineError::Map(MAP_TARGETS, e))?;
