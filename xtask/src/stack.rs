@@ -29,6 +29,7 @@ pub struct StackArgs {
 const CLASS_LDX: u8 = 0x01;
 const CLASS_ST: u8 = 0x02;
 const CLASS_STX: u8 = 0x03;
+const CLASS_ALU: u8 = 0x04;
 const CLASS_ALU64: u8 = 0x07;
 const OP_MOV64_REG: u8 = 0xbf;
 const OP_ADD64_IMM: u8 = 0x07;
@@ -169,7 +170,7 @@ fn scan(code: &[u8], base: u64, callee: impl Fn(u64, i64) -> Option<String>) -> 
         } else if op == OP_ADD64_IMM && frame_copies[reg] {
             deepen(imm);
             frame_copies[reg] = false;
-        } else if op & 0x07 == CLASS_ALU64 || op & 0x07 == 0x04 || op & 0x07 == CLASS_LDX || op == OP_LD_IMM64 {
+        } else if matches!(op & 0x07, CLASS_ALU | CLASS_ALU64 | CLASS_LDX) || op == OP_LD_IMM64 {
             frame_copies[reg] = false;
         }
         if op == OP_CALL

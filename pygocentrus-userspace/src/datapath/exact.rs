@@ -51,7 +51,7 @@ impl ExactTable {
         for (key, value) in entries {
             groups.entry(key.fold()).or_default().push((*key, *value));
         }
-        let (mut first, mut index_writes, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut first, mut moved, mut last) = (Vec::new(), Vec::new(), Vec::new());
         let mut slot_of = HashMap::new();
         let mut index = HashMap::new();
         let mut hashed = BTreeSet::new();
@@ -73,24 +73,19 @@ impl ExactTable {
                 EXACT_COLLIDED
             };
             if self.index.get(&fold) != Some(&want) {
-                index_writes.push(Write::Index(fold, want));
+                moved.push((fold, want));
             }
             index.insert(fold, want);
         }
-        for fold in self.index.keys().filter(|f| !index.contains_key(f)) {
-            index_writes.push(Write::Index(*fold, 0));
-        }
+        moved.extend(self.index.keys().filter(|f| !index.contains_key(f)).map(|f| (*f, 0)));
         for key in self.hashed.difference(&hashed) {
             last.push(Write::Unhash(*key));
         }
         self.released.extend(self.slot_of.iter().filter(|(k, _)| !slot_of.contains_key(*k)).map(|(_, s)| *s));
         (self.slot_of, self.index, self.hashed) = (slot_of, index, hashed);
-        // Deterministic order (the folds' order; then the index writes).
-        index_writes.sort_by_key(|w| match w {
-            Write::Index(fold, _) => *fold,
-            _ => 0,
-        });
-        first.into_iter().chain(index_writes).chain(last).collect()
+        // In the folds' order, whatever the hash map's.
+        moved.sort_unstable();
+        first.into_iter().chain(moved.into_iter().map(|(fold, v)| Write::Index(fold, v))).chain(last).collect()
     }
 
     /// A slot nobody holds or held in the last update.

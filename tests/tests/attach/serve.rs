@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use pygocentrus_common::Counter;
 use pygocentrus_tests::{
     BRIDGE, Container, Lab, Reply, TempFile, UdpFlow, args, echo_server, echoes, http, tcp_connect, tcp_listener,
 };
@@ -170,6 +171,24 @@ fn the_native_client_sets_shows_and_resets_rules() {
     assert_eq!(flow.exchange(100).received(), 100, "datagrams were lost after reset");
     let status = api(&lab, "GET", "/pygocentrus/status", "").json();
     assert_eq!(status["rules"].as_array().map(Vec::len), Some(1), "reset removed the config's rule: {status}");
+    tool.terminate();
+}
+
+#[test]
+fn status_shows_every_counter_of_every_rule() {
+    // The counters come from one list; `status` once printed all but
+    // `unplugged`.
+    let (lab, _client, _server) = Lab::pair("srvall");
+    let config = TempFile::new("srvall", "[[rule]]\nport = 9\nproto = \"udp\"\ndrop = 1\n");
+    let tool = lab.serve(&args!["--iface", BRIDGE, "--config", config.path()]);
+    let text = lab.run_sub("status", &[] as &[&str]);
+    text.assert_exit(0);
+    let line = text.stdout.iter().find(|l| l.trim_start().starts_with("seen ")).unwrap_or_else(|| panic!("{text}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    for c in Counter::ALL {
+        let shown = words.windows(2).any(|w| w[0] == c.label() && w[1].parse::<u64>().is_ok());
+        assert!(shown, "status shows no {}: {line}", c.label());
+    }
     tool.terminate();
 }
 
