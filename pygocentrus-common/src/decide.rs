@@ -18,30 +18,24 @@ pub const fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-#[inline(always)]
-fn word(b: &[u8; 16], half: usize) -> u64 {
-    let o = half * 8;
-    u64::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]])
-}
-
 /// A hash of a directional 5-tuple.
 #[inline(always)]
-pub fn flow_hash(k: &FlowKey) -> u64 {
-    let tail = u64::from(u16::from_be_bytes(k.sport))
-        | (u64::from(u16::from_be_bytes(k.dport)) << 16)
-        | (u64::from(k.proto) << 32);
+pub const fn flow_hash(k: &FlowKey) -> u64 {
+    let w = k.words();
+    let tail = u16::from_be_bytes(k.sport) as u64 | (u16::from_be_bytes(k.dport) as u64) << 16 | (k.proto as u64) << 32;
     let mut h = mix64(tail);
-    h = mix64(h ^ word(&k.saddr, 0));
-    h = mix64(h ^ word(&k.saddr, 1));
-    h = mix64(h ^ word(&k.daddr, 0));
-    mix64(h ^ word(&k.daddr, 1))
+    h = mix64(h ^ w[0]);
+    h = mix64(h ^ w[1]);
+    h = mix64(h ^ w[2]);
+    mix64(h ^ w[3])
 }
 
-/// A hash of one end of a connection: address and port.
+/// A hash of one end of a connection: its address as two words (each its
+/// bytes in memory order) and port.
 #[inline(always)]
-pub fn endpoint_hash(addr: &[u8; 16], port: [u8; 2]) -> u64 {
-    let h = mix64(word(addr, 0) ^ u64::from(u16::from_be_bytes(port)));
-    mix64(h ^ word(addr, 1))
+pub const fn endpoint_hash(addr: [u64; 2], port: [u8; 2]) -> u64 {
+    let h = mix64(addr[0] ^ u16::from_be_bytes(port) as u64);
+    mix64(h ^ addr[1])
 }
 
 /// A hash of a connection that is the same for both of its directions,
@@ -49,9 +43,10 @@ pub fn endpoint_hash(addr: &[u8; 16], port: [u8; 2]) -> u64 {
 /// endpoint hash; a connection from an endpoint to itself is forward both
 /// ways).
 #[inline(always)]
-pub fn conn_hash(saddr: &[u8; 16], daddr: &[u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> (u64, bool) {
-    let (s, d) = (endpoint_hash(saddr, sport), endpoint_hash(daddr, dport));
-    (mix64(s.wrapping_add(d) ^ u64::from(proto)), s <= d)
+pub const fn conn_hash(k: &FlowKey) -> (u64, bool) {
+    let w = k.words();
+    let (s, d) = (endpoint_hash([w[0], w[1]], k.sport), endpoint_hash([w[2], w[3]], k.dport));
+    (mix64(s.wrapping_add(d) ^ k.proto as u64), s <= d)
 }
 
 /// The draw for one action on the `index`-th packet (counting from 0) of a
@@ -105,6 +100,18 @@ pub const fn payload_len(proto: u8, fragment: bool, l4_len: usize, l4_hlen: usiz
         return None;
     }
     Some(l4_len - l4_hlen)
+}
+
+/// Which payload byte a payload fault damages, counted from the start of
+/// the payload (`len` bytes, at least 1), and the bits it flips (never
+/// none), from one draw: the offset from its low 24 bits (multiplied, not
+/// divided: a division is the slowest instruction there is), the mask from
+/// its high 8.
+#[inline(always)]
+pub const fn payload_pick(draw: u32, len: usize) -> (usize, u8) {
+    let at = ((draw & 0x00ff_ffff) as u64 * len as u64) >> 24;
+    let mask = (draw >> 24) as u8;
+    (at as usize, if mask == 0 { 0xff } else { mask })
 }
 
 /// What the flow limits of a rule decide for a packet.
@@ -323,6 +330,28 @@ mod tests {
 
     proptest! {
         #[test]
+        fn a_payload_pick_is_inside_the_payload_and_changes_a_bit(draw: u32, len in 1usize..=65_535) {
+            let (at, mask) = payload_pick(draw, len);
+            prop_assert!(at < len);
+            prop_assert_ne!(mask, 0);
+        }
+    }
+
+    #[test]
+    fn payload_picks_reach_every_byte_of_a_short_payload_evenly() {
+        // 30 000 draws spread over 3 bytes: each count is binomial with
+        // sd = sqrt(30 000 * 1/3 * 2/3) = 82; 6 sd either side.
+        let mut hits = [0u32; 3];
+        for i in 0..30_000u64 {
+            hits[payload_pick(seeded_draw(7, 1, i, Action::PayloadOffset), 3).0] += 1;
+        }
+        for h in hits {
+            assert!((10_000 - 492..=10_000 + 492).contains(&h), "{hits:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
         fn a_fault_is_chosen_only_where_its_die_fired_and_it_applies(
             flow in flow(), drop: bool, reset: bool, corrupt: bool, payload: bool, lost: bool,
             can_reset: bool, can_damage: bool,
@@ -497,15 +526,30 @@ mod tests {
     #[test]
     fn both_directions_of_a_connection_hash_the_same() {
         let (a, b) = ([1u8; 16], [2u8; 16]);
-        let (ab, fwd_ab) = conn_hash(&a, &b, [0, 80], [200, 1], 6);
-        let (ba, fwd_ba) = conn_hash(&b, &a, [200, 1], [0, 80], 6);
+        let conn = |s, d, sport, dport, proto| conn_hash(&FlowKey::new(s, d, sport, dport, proto));
+        let (ab, fwd_ab) = conn(a, b, [0, 80], [200, 1], 6);
+        let (ba, fwd_ba) = conn(b, a, [200, 1], [0, 80], 6);
         assert_eq!(ab, ba);
         assert_ne!(fwd_ab, fwd_ba);
         // Another port, another protocol: another connection.
-        assert_ne!(ab, conn_hash(&a, &b, [0, 81], [200, 1], 6).0);
-        assert_ne!(ab, conn_hash(&a, &b, [0, 80], [200, 1], 17).0);
+        assert_ne!(ab, conn(a, b, [0, 81], [200, 1], 6).0);
+        assert_ne!(ab, conn(a, b, [0, 80], [200, 1], 17).0);
         // Swapping only the ports is another connection too.
-        assert_ne!(ab, conn_hash(&a, &b, [200, 1], [0, 80], 6).0);
+        assert_ne!(ab, conn(a, b, [200, 1], [0, 80], 6).0);
+    }
+
+    #[test]
+    fn the_flow_hash_reads_the_key_as_its_bytes() {
+        // The words are the key's bytes in memory order: the hash of a key
+        // is what hashing its bytes one by one gives.
+        let k = FlowKey::new([7; 16], [9; 16], [1, 2], [3, 4], 17);
+        let word = |b: &[u8; 16], half: usize| u64::from_ne_bytes(b[half * 8..half * 8 + 8].try_into().unwrap());
+        let tail = u64::from(u16::from_be_bytes(k.sport)) | u64::from(u16::from_be_bytes(k.dport)) << 16 | 17 << 32;
+        let mut h = mix64(tail);
+        for w in [word(&k.saddr, 0), word(&k.saddr, 1), word(&k.daddr, 0), word(&k.daddr, 1)] {
+            h = mix64(h ^ w);
+        }
+        assert_eq!(flow_hash(&k), h);
     }
 
     #[test]

@@ -501,8 +501,7 @@ impl<'a> Dice<'a> {
             dice.index = maps::next_flow_index(dice.flow);
         }
         if rule.flags & RULE_PER_CONNECTION != 0 || rule.limits_flows() {
-            let k = &pkt.key;
-            let (conn, forward) = decide::conn_hash(&k.saddr, &k.daddr, k.sport, k.dport, k.proto);
+            let (conn, forward) = decide::conn_hash(&pkt.key);
             dice.per_conn = rule.flags & RULE_PER_CONNECTION != 0;
             dice.conn = conn;
             dice.forward = forward;

@@ -158,18 +158,36 @@ pub fn packet_slot(pass: Pass) -> Option<&'static mut Packet> {
     PACKETS.get_ptr_mut(pass as u32).map(|p| unsafe { &mut *p })
 }
 
-/// One per CPU and [`Pass`]: room for a TCP header, for the reset's
-/// checksum, off the stack.
-#[map(name = "HEADERS")]
-static HEADERS: PerCpuArray<[u8; HEADER_SCRATCH]> = PerCpuArray::with_max_entries(3, 0);
+/// What a reset builds before it writes: the TCP header (read whole, for
+/// its checksum), kept as 32-bit words (what the checksum sums) and read
+/// and written as bytes through [`HeaderScratch::tcp_bytes`], and the IPv4
+/// fields it rewrites.
+#[repr(C)]
+pub struct HeaderScratch {
+    pub tcp: [u32; HEADER_SCRATCH / 4],
+    pub ip: [u8; 10],
+}
 
-/// Bytes of [`HEADERS`] per slot: the longest TCP header (60 bytes),
+impl HeaderScratch {
+    #[inline(always)]
+    pub fn tcp_bytes(&mut self) -> &mut [u8; HEADER_SCRATCH] {
+        // SAFETY: the same HEADER_SCRATCH bytes, of a type with no
+        // alignment and every bit pattern valid.
+        unsafe { &mut *self.tcp.as_mut_ptr().cast::<[u8; HEADER_SCRATCH]>() }
+    }
+}
+
+/// One per CPU and [`Pass`]: a reset's [`HeaderScratch`], off the stack.
+#[map(name = "HEADERS")]
+static HEADERS: PerCpuArray<HeaderScratch> = PerCpuArray::with_max_entries(3, 0);
+
+/// Bytes of [`HeaderScratch::tcp`]: the longest TCP header (60 bytes),
 /// rounded up to a power of two so that a mask bounds a copy's length.
 pub const HEADER_SCRATCH: usize = 64;
 
 /// This CPU's header scratch for `pass`.
 #[inline(always)]
-pub fn header_slot(pass: Pass) -> Option<&'static mut [u8; HEADER_SCRATCH]> {
+pub fn header_slot(pass: Pass) -> Option<&'static mut HeaderScratch> {
     // SAFETY: as for `packet_slot`.
     HEADERS.get_ptr_mut(pass as u32).map(|p| unsafe { &mut *p })
 }

@@ -60,12 +60,6 @@ impl Packet {
             _ => CLASS_OTHER,
         }
     }
-
-    /// The pseudo-header addresses: 4 bytes for IPv4, 16 for IPv6.
-    pub fn addrs(&self) -> (&[u8], &[u8]) {
-        let k = &self.key;
-        if self.ipv6 { (&k.saddr, &k.daddr) } else { (&k.saddr[12..], &k.daddr[12..]) }
-    }
 }
 
 #[inline(always)]
@@ -78,10 +72,19 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ()> {
     Ok((start + offset) as *const T)
 }
 
+/// `N` bytes of the packet at `offset`, by direct access (no helper call).
 #[inline(always)]
-fn read<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], ()> {
+pub fn read<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], ()> {
     // SAFETY: ptr_at checked that N bytes at offset are inside the packet.
     Ok(unsafe { *ptr_at::<[u8; N]>(ctx, offset)? })
+}
+
+/// [`read`] at an offset within the headers (below 256) that the verifier
+/// cannot bound by itself, such as one read back from the scratch slot: the
+/// mask keeps every offset the parser gives as it is and bounds the rest.
+#[inline(always)]
+pub fn read_header<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], ()> {
+    read::<N>(ctx, offset & 0xff)
 }
 
 /// Makes the headers readable by direct access when the skb keeps them in

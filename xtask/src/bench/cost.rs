@@ -92,6 +92,8 @@ pub struct Settings {
     pub repeat: u32,
     pub runs: usize,
     pub singles: usize,
+    /// Only the cases whose name contains this (and the floors).
+    pub case: Option<String>,
 }
 
 pub struct Row {
@@ -230,7 +232,8 @@ pub fn measure(s: &Settings) -> Result<Report> {
     let noop = super::noop::load()?;
     let mut rows: Vec<Row> = Vec::new();
     let (mut insns, mut jited) = (None, 0);
-    for case in cases() {
+    let chosen = |c: &Case| c.flags.is_none() || s.case.as_ref().is_none_or(|text| c.name.contains(text.as_str()));
+    for case in cases().into_iter().filter(chosen) {
         eprintln!("bench: cost: {}", case.name);
         let row = match &case.flags {
             None => run_case(&case, &noop, None, s)?,

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Print the results without rewriting BENCHMARKS.md.
     #[arg(long)]
     no_record: bool,
+    /// Time only the cost cases whose name contains this text, beside the
+    /// floors (for trying a change; the results are printed, not recorded).
+    #[arg(long, value_name = "TEXT")]
+    case: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -78,7 +82,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             machine.load, machine.cpus
         );
     }
-    let settings = cost::Settings { repeat: args.repeat, runs: args.runs, singles: args.singles };
+    let settings =
+        cost::Settings { repeat: args.repeat, runs: args.runs, singles: args.singles, case: args.case.clone() };
     let with_cost = args.only != Some(Part::Throughput);
     let with_tput = args.only != Some(Part::Cost);
     // Build first: a failed build stops the bench early, and the compiler is
@@ -105,8 +110,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let section = report::markdown(&machine, &command, &shown, cost.as_ref(), &settings, tput.as_ref())
         .context("formatting the report")?;
     println!("{section}");
-    if args.no_record || args.only.is_some() {
-        eprintln!("bench: results not recorded (--no-record or --only): BENCHMARKS.md left as it was");
+    if args.no_record || args.only.is_some() || args.case.is_some() {
+        eprintln!("bench: results not recorded (--no-record, --only or --case): BENCHMARKS.md left as it was");
     } else {
         let path = root.join("BENCHMARKS.md");
         report::record(&path, &section)?;
