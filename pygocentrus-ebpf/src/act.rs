@@ -51,7 +51,7 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
         PROTO_UDP => (UDP_CSUM_OFF, u64::from(BPF_F_MARK_MANGLED_0)),
         _ => return Err(()),
     };
-    let payload_len = decide::payload_len(pkt.key.proto, pkt.fragment, pkt.l4_len, pkt.l4_hlen).ok_or(())?;
+    let payload_len = pkt.payload_len().ok_or(())?;
     let (at, mask) = decide::payload_pick(draw, payload_len);
     let rel = pkt.l4_hlen + at;
     let offset = pkt.l4 + rel;
@@ -70,10 +70,12 @@ pub fn corrupt_payload(ctx: &TcContext, pkt: &Packet, draw: u32) -> Result<(), (
     ctx.l4_csum_replace(pkt.l4 + csum_off, word(old), word(new), flags | CSUM_FIELD_SIZE).map_err(|_| ())
 }
 
-/// Whether [`reset`] applies to the packet ([`decide::resettable`]).
+/// Whether [`reset`] applies to the packet ([`decide::resettable`]): never
+/// to one that is not intact (its receiver would discard it, and a reset
+/// made of it would be accepted).
 #[inline(always)]
 pub fn resettable(pkt: &Packet) -> bool {
-    decide::resettable(pkt.key.proto, pkt.tcp_flags, pkt.fragment, pkt.l4_hlen)
+    pkt.intact && decide::resettable(pkt.key.proto, pkt.tcp_flags, pkt.fragment, pkt.l4_hlen)
 }
 
 /// Turns a TCP segment into a reset its receiver accepts as its peer's: the

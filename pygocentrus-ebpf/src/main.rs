@@ -262,10 +262,7 @@ fn first_rule(entry: &TargetValue) -> u32 {
 /// apply to the connection, then its dice ([`decide::choose`]).
 #[inline(always)]
 fn decide_fault(pkt: &Packet, id: u32, rule: &Rule, dice: &Dice<'_>) -> Fault {
-    let applies = Applies {
-        reset: act::resettable(pkt),
-        payload: decide::payload_len(pkt.key.proto, pkt.fragment, pkt.l4_len, pkt.l4_hlen).is_some(),
-    };
+    let applies = Applies { reset: act::resettable(pkt), payload: pkt.payload_len().is_some() };
     let flow = if rule.limits_flows() && dice.fires(Action::Limit) {
         flow_limits(pkt, id, rule, dice, applies.reset)
     } else {

@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use pygocentrus_common::{CLASS_OTHER, CLASS_TCP, CLASS_UDP, FlowKey, PROTO_TCP, PROTO_UDP};
+use pygocentrus_common::{CLASS_OTHER, CLASS_TCP, CLASS_UDP, FlowKey, PROTO_TCP, PROTO_UDP, decide};
 
 use crate::maps::{self, Pass};
 
@@ -34,8 +34,17 @@ pub struct Packet {
     pub l4: usize,
     /// Length of the L4 header (TCP data offset, 8 for UDP; 0 otherwise).
     pub l4_hlen: usize,
-    /// Length of the L4 header plus payload, from the IP header.
+    /// Length of the L4 header plus payload: from the IP header, or for UDP
+    /// the datagram's own length, which may be shorter (what follows it in
+    /// the IP payload is not the datagram's).
     pub l4_len: usize,
+    /// The lengths agree with each other and with the frame: the IP length
+    /// covers the headers and fits in the frame, the L4 header fits in the
+    /// L4 length, a UDP length is within the IP payload. A fault that
+    /// rewrites a packet by its lengths (reset, corrupt-payload) leaves one
+    /// that is not intact alone: the receiver would discard it, and the
+    /// fault must not repair it.
+    pub intact: bool,
     pub ipv6: bool,
     /// The first fragment of a fragmented IPv4 datagram.
     pub fragment: bool,
@@ -59,6 +68,16 @@ impl Packet {
             PROTO_UDP => CLASS_UDP,
             _ => CLASS_OTHER,
         }
+    }
+
+    /// How many payload bytes a payload fault may damage
+    /// ([`decide::payload_len`]): none unless the packet is intact.
+    #[inline(always)]
+    pub fn payload_len(&self) -> Option<usize> {
+        if !self.intact {
+            return None;
+        }
+        decide::payload_len(self.key.proto, self.fragment, self.l4_len, self.l4_hlen)
     }
 }
 
@@ -206,15 +225,25 @@ pub fn packet(
     pkt.key.proto = proto;
     put_addr(&mut pkt.key.saddr, saddr);
     put_addr(&mut pkt.key.daddr, daddr);
-    if ipv6 {
-        pkt.l4_len = usize::from(u16::from_be_bytes(read::<2>(ctx, l3 + 4)?));
+    // Where the IP packet ends by its own length, and the L4 length.
+    let (ip_end, mut l4_len) = if ipv6 {
+        let payload = usize::from(u16::from_be_bytes(read::<2>(ctx, l3 + 4)?));
         pkt.fragment = false;
+        (l3 + IPV6_HLEN + payload, payload)
     } else {
         let ip = read::<8>(ctx, l3)?;
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        pkt.l4_len = total.saturating_sub(l4 - l3);
         pkt.fragment = ip[6] & 0x20 != 0;
+        (l3 + total, total.saturating_sub(l4 - l3))
+    };
+    let mut intact = ip_end <= ctx.len() as usize && l4_hlen <= l4_len;
+    if proto == PROTO_UDP {
+        let udp_len = usize::from(u16::from_be_bytes(read::<2>(ctx, l4 + 4)?));
+        intact &= (UDP_HLEN..=l4_len).contains(&udp_len);
+        l4_len = udp_len.min(l4_len);
     }
+    pkt.l4_len = l4_len;
+    pkt.intact = intact;
     pkt.l3 = l3;
     pkt.l4 = l4;
     pkt.l4_hlen = l4_hlen;

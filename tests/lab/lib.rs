@@ -16,6 +16,7 @@
 )]
 
 mod counters;
+pub mod frames;
 mod http;
 mod netns;
 mod tool;

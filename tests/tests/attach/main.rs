@@ -22,6 +22,7 @@ mod drop;
 mod endpoint;
 mod flow;
 mod lifecycle;
+mod malformed;
 mod reset;
 mod serve;
 mod session;
