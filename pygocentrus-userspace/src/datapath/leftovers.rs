@@ -1,5 +1,5 @@
 //! What a run leaves that outlives it if it is killed, and removing it:
-//! state files under [`STATE_DIR`], one per set of hooks, record the
+//! state files under [`state_dir`], one per set of hooks, record the
 //! filters, clsact and fq qdiscs a run added; the next start (or the run's
 //! guard) undoes what a dead run's files record.
 //!
@@ -23,7 +23,23 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::{engine::Hook, netlink::Netlink, qdisc};
 
+/// Where state files go by default.
 pub const STATE_DIR: &str = "/run/pygocentrus";
+
+/// The environment variable that puts state files elsewhere than
+/// [`STATE_DIR`]: the tests give each lab a directory of its own.
+pub const STATE_DIR_ENV: &str = "PYGOCENTRUS_STATE_DIR";
+
+/// The state directory: `$PYGOCENTRUS_STATE_DIR`, else [`STATE_DIR`]. The
+/// guard inherits the variable with the rest of the environment.
+pub fn state_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        std::env::var_os(STATE_DIR_ENV)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(STATE_DIR), PathBuf::from)
+    })
+}
 
 const NETNS_TAG: &str = "netns";
 
@@ -46,7 +62,7 @@ pub(super) fn save<'a>(path: &Path, ports: impl Iterator<Item = PortRecord<'a>>)
     }
     let mut lock = RUN_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let mut write = || -> std::io::Result<()> {
-        fs::create_dir_all(STATE_DIR)?;
+        fs::create_dir_all(state_dir())?;
         lock_run(&mut lock)?;
         let tmp = path.with_extension("tmp");
         fs::File::create(&tmp)?.write_all(text.as_bytes())?;
@@ -89,8 +105,8 @@ pub fn run_id() -> &'static str {
 }
 
 /// The lock that says this run is alive: an exclusive `flock` on
-/// `STATE_DIR/RUN.lock`, taken before the run's first state file is
-/// written and given up (the file removed) when its last one is. The
+/// `RUN.lock` in [`state_dir`], taken before the run's first state file
+/// is written and given up (the file removed) when its last one is. The
 /// kernel releases it however the process dies.
 static RUN_LOCK: Mutex<Option<Flock<fs::File>>> = Mutex::new(None);
 
@@ -103,7 +119,7 @@ fn lock_run(held: &mut Option<Flock<fs::File>>) -> std::io::Result<()> {
 }
 
 fn lock_path(run: &str) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{run}.lock"))
+    state_dir().join(format!("{run}.lock"))
 }
 
 /// Whether run `run` (a name from [`run_id`], or a bare PID as state files
@@ -125,7 +141,7 @@ fn run_alive(run: &str) -> bool {
 /// The state files of `run`: `RUN.N.state`, and `RUN.state` as earlier
 /// versions named them.
 fn state_files(run: &str) -> Vec<PathBuf> {
-    let Ok(dir) = fs::read_dir(STATE_DIR) else { return Vec::new() };
+    let Ok(dir) = fs::read_dir(state_dir()) else { return Vec::new() };
     dir.flatten()
         .map(|e| e.path())
         .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(state_run).is_some_and(|r| r == run))
@@ -143,7 +159,7 @@ fn state_run(file_name: &str) -> Option<&str> {
 /// filters and the clsact qdiscs they added, and their fq qdiscs. Returns
 /// the interfaces cleaned.
 pub async fn clean_leftovers(nl: &Netlink) -> Result<Vec<String>> {
-    let Ok(dir) = fs::read_dir(STATE_DIR) else { return Ok(Vec::new()) };
+    let Ok(dir) = fs::read_dir(state_dir()) else { return Ok(Vec::new()) };
     // Runs with state files, and runs that died between taking their lock
     // and writing their first state file.
     let runs: BTreeSet<String> = dir
