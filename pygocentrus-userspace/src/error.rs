@@ -86,6 +86,9 @@ pub enum UsageError {
     /// Hooks that outlive the process, and no program to run their guard.
     #[error("{0}")]
     Guard(String),
+    /// The state directory is not one only root can write to.
+    #[error("{0}")]
+    StateDir(String),
 }
 
 impl UsageError {

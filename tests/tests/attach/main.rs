@@ -25,6 +25,7 @@ mod lifecycle;
 mod reset;
 mod serve;
 mod session;
+mod statedir;
 mod usage;
 
 use std::net::IpAddr;
