@@ -17,7 +17,10 @@ use std::{
     fmt,
     fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
     path::PathBuf,
     time::SystemTime,
 };
@@ -191,13 +194,20 @@ fn proc_netns(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
-/// Opens a network namespace file, refusing any other kind of file.
+/// Opens a network namespace file, refusing any other kind of file. A
+/// namespace file is a regular file (of nsfs): anything else is refused
+/// before it is opened, and the open does not wait (`O_NONBLOCK`: a FIFO
+/// swapped in meanwhile would block `open` for ever, deaf to signals).
 fn open_netns(path: &std::path::Path) -> io::Result<File> {
-    let file = File::open(path)?;
+    let not_netns = || io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_netns());
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor.
     let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
     if kind != libc::CLONE_NEWNET {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace"));
+        return Err(not_netns());
     }
     Ok(file)
 }
