@@ -7,15 +7,16 @@
 //! attachment, which answers once the maps hold it; only then is the copy
 //! kept. So a reply means the faults are in force.
 
+pub mod listen;
 pub mod state;
 pub mod toxi;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Request, State as AxState},
+    extract::{DefaultBodyLimit, FromRequest, Path, Request, State as AxState},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -40,6 +41,10 @@ use crate::{
 /// The largest request body accepted (a `/populate` of a few hundred
 /// proxies fits).
 pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// How long a request body may take to arrive once its head has (408
+/// after that).
+pub const BODY_TIMEOUT: Duration = listen::HEADER_TIMEOUT;
 
 pub struct Server {
     state: Mutex<ApiState>,
@@ -90,6 +95,28 @@ type ApiResult = Result<Response, ApiError>;
 
 fn reply(status: StatusCode, body: impl serde::Serialize) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
+}
+
+/// A request body, read within [`BODY_TIMEOUT`] and [`BODY_LIMIT`]; what
+/// goes wrong is answered in the JSON error shape (408, 413, 400).
+struct ReadBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ReadBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, state)).await {
+            Ok(Ok(bytes)) => Ok(Self(bytes)),
+            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError { status: 413, message: format!("request body over {} KiB", BODY_LIMIT / 1024) })
+            }
+            Ok(Err(rejection)) => Err(ApiError { status: rejection.status().as_u16(), message: rejection.body_text() }),
+            Err(_) => Err(ApiError {
+                status: 408,
+                message: format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            }),
+        }
+    }
 }
 
 /// A JSON body, or a 400 saying what is wrong with it.
@@ -168,14 +195,14 @@ fn add_proxy(state: &mut ApiState, proxy: Proxy) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn create_proxy(AxState(s): AxState<Shared>, bytes: Bytes) -> ApiResult {
+async fn create_proxy(AxState(s): AxState<Shared>, ReadBody(bytes): ReadBody) -> ApiResult {
     let proxy = new_proxy(body(&bytes)?).await?;
     let shown = json!(proxy);
     s.change(|st| add_proxy(st, proxy)).await?;
     reply(StatusCode::CREATED, shown)
 }
 
-async fn populate(AxState(s): AxState<Shared>, bytes: Bytes) -> ApiResult {
+async fn populate(AxState(s): AxState<Shared>, ReadBody(bytes): ReadBody) -> ApiResult {
     let inputs: Vec<ProxyInput> = body(&bytes)?;
     let mut proxies = Vec::new();
     for input in inputs {
@@ -200,7 +227,7 @@ async fn get_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>) -> Api
     reply(StatusCode::OK, &state.proxies[i])
 }
 
-async fn update_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+async fn update_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
     let input: ProxyInput = body(&bytes)?;
     let target = match &input.upstream {
         Some(u) => Some((u.clone(), resolve(u).await?)),
@@ -245,7 +272,7 @@ async fn list_toxics(AxState(s): AxState<Shared>, Path(name): Path<String>) -> A
     reply(StatusCode::OK, &state.proxies[i].toxics)
 }
 
-async fn create_toxic(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+async fn create_toxic(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
     let toxic = Toxic::new(body(&bytes)?)?;
     let shown = json!(toxic);
     s.change(|st| {
@@ -275,7 +302,7 @@ async fn get_toxic(AxState(s): AxState<Shared>, Path((name, toxic)): Path<(Strin
 async fn update_toxic(
     AxState(s): AxState<Shared>,
     Path((name, toxic)): Path<(String, String)>,
-    bytes: Bytes,
+    ReadBody(bytes): ReadBody,
 ) -> ApiResult {
     let input: ToxicInput = body(&bytes)?;
     let shown = s
@@ -318,7 +345,7 @@ async fn reset(AxState(s): AxState<Shared>) -> ApiResult {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn set_rule(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
+async fn set_rule(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
     let args: RuleArgs = body(&bytes)?;
     if args.flap.is_some() {
         return Err(ApiError::bad("flap is for config files: set the rule again to change it"));

@@ -59,7 +59,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let state = ApiState { base: base.rules, endpoint: scope.endpoint_label(), ..ApiState::default() };
     let server = Server::new(state, tx, args.token.clone());
     let app = api::router(server);
-    let mut http = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut http = tokio::spawn(api::listen::serve(listener, app));
     eprintln!("serving the API on http://{}", args.api);
 
     let stop = async {

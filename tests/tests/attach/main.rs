@@ -13,6 +13,7 @@
 )]
 #![expect(clippy::useless_vec, reason = "args! builds owned argument lists (some kept, some only borrowed)")]
 
+mod apilimits;
 mod burst;
 mod config;
 mod corrupt;

@@ -110,7 +110,7 @@ fn bad_requests_get_a_clear_4xx_and_serve_lives_on() {
         ("POST", "/proxies", "{not json", 400, "bad JSON body"),
         ("POST", "/proxies", r#"{"name":"q"}"#, 400, "upstream"),
         ("POST", "/proxies", proxy.as_str(), 409, "already exists"),
-        ("POST", "/proxies", big.as_str(), 413, ""),
+        ("POST", "/proxies", big.as_str(), 413, r#""status":413"#),
         ("GET", "/proxies/nosuch", "", 404, "proxy not found"),
         ("POST", "/proxies/p/toxics", r#"{"type":"nosuch"}"#, 400, "unknown toxic type"),
         ("POST", "/proxies/p/toxics", r#"{"type":"slicer"}"#, 400, "packet level"),
