@@ -29,10 +29,11 @@ use prometheus_client::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use self::state::ApiState;
-use self::toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput};
+use self::toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput, check_name};
 use crate::{
     control::live::{EngineRequest, Tally},
     rules::{RuleArgs, RuleSpec},
@@ -124,6 +125,15 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))
 }
 
+/// A JSON object as `T`: serde would also read a struct from an array,
+/// its fields by position, which no client means.
+fn object<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad("bad JSON body: expected a JSON object"));
+    }
+    body(bytes)
+}
+
 pub fn router(server: Shared) -> Router {
     Router::new()
         .route("/version", get(version))
@@ -145,8 +155,10 @@ pub fn router(server: Shared) -> Router {
 /// With a token configured, every request must carry it.
 async fn authorize(AxState(server): AxState<Shared>, request: Request, next: Next) -> Response {
     if let Some(token) = &server.token {
-        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given.and_then(|v| v.strip_prefix("Bearer ")) != Some(token.as_str()) {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        // In constant time: how long a wrong token took to refuse says
+        // nothing of how much of it was right (its length aside).
+        if !given.is_some_and(|given| bool::from(given.ct_eq(token.as_bytes()))) {
             return ApiError { status: 401, message: "missing or wrong bearer token".to_owned() }.into_response();
         }
     }
@@ -166,6 +178,7 @@ async fn list_proxies(AxState(s): AxState<Shared>) -> ApiResult {
 /// A proxy from its body: name and upstream required, upstream resolved.
 async fn new_proxy(input: ProxyInput) -> Result<Proxy, ApiError> {
     let name = input.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad("missing required field: name"))?;
+    check_name("proxy", &name)?;
     let upstream =
         input.upstream.filter(|u| !u.is_empty()).ok_or_else(|| ApiError::bad("missing required field: upstream"))?;
     let target = resolve(&upstream).await?;
@@ -196,16 +209,18 @@ fn add_proxy(state: &mut ApiState, proxy: Proxy) -> Result<(), ApiError> {
 }
 
 async fn create_proxy(AxState(s): AxState<Shared>, ReadBody(bytes): ReadBody) -> ApiResult {
-    let proxy = new_proxy(body(&bytes)?).await?;
+    let proxy = new_proxy(object(&bytes)?).await?;
     let shown = json!(proxy);
     s.change(|st| add_proxy(st, proxy)).await?;
     reply(StatusCode::CREATED, shown)
 }
 
 async fn populate(AxState(s): AxState<Shared>, ReadBody(bytes): ReadBody) -> ApiResult {
-    let inputs: Vec<ProxyInput> = body(&bytes)?;
+    let inputs: Vec<serde_json::Map<String, Value>> = body(&bytes)?;
     let mut proxies = Vec::new();
     for input in inputs {
+        let input =
+            serde_json::from_value(Value::Object(input)).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))?;
         proxies.push(new_proxy(input).await?);
     }
     let shown: Vec<Value> = proxies.iter().map(|p| json!(p)).collect();
@@ -228,7 +243,7 @@ async fn get_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>) -> Api
 }
 
 async fn update_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
-    let input: ProxyInput = body(&bytes)?;
+    let input: ProxyInput = object(&bytes)?;
     let target = match &input.upstream {
         Some(u) => Some((u.clone(), resolve(u).await?)),
         None => None,
@@ -273,7 +288,7 @@ async fn list_toxics(AxState(s): AxState<Shared>, Path(name): Path<String>) -> A
 }
 
 async fn create_toxic(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
-    let toxic = Toxic::new(body(&bytes)?)?;
+    let toxic = Toxic::new(object(&bytes)?)?;
     let shown = json!(toxic);
     s.change(|st| {
         let i = st.proxy(&name)?;
@@ -304,7 +319,7 @@ async fn update_toxic(
     Path((name, toxic)): Path<(String, String)>,
     ReadBody(bytes): ReadBody,
 ) -> ApiResult {
-    let input: ToxicInput = body(&bytes)?;
+    let input: ToxicInput = object(&bytes)?;
     let shown = s
         .change(|st| {
             let i = st.proxy(&name)?;
@@ -346,7 +361,8 @@ async fn reset(AxState(s): AxState<Shared>) -> ApiResult {
 }
 
 async fn set_rule(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
-    let args: RuleArgs = body(&bytes)?;
+    check_name("rule", &name)?;
+    let args: RuleArgs = object(&bytes)?;
     if args.flap.is_some() {
         return Err(ApiError::bad("flap is for config files: set the rule again to change it"));
     }
