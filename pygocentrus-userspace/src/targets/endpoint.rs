@@ -28,7 +28,7 @@ use std::{
 use futures::channel::mpsc::UnboundedReceiver;
 
 use super::{
-    docker::{Docker, DockerError, DockerEvent},
+    docker::{Docker, DockerError, DockerEvent, is_container_name},
     scope::Scope,
 };
 use crate::{
@@ -105,6 +105,9 @@ impl Endpoint {
         // (how messages name it, its namespace file, Docker and the
         // container id, the PID given to --netns)
         let (label, path, container, pid) = if let Some(name) = &args.container {
+            if !is_container_name(name) {
+                return Err(refused(format!("--container {name}: {}", DockerError::BadName)));
+            }
             let docker = Docker::connect().await.map_err(|e| refused(format!("--container {name}: {e}")))?;
             let c = docker.inspect(name).await.map_err(|e| match e {
                 DockerError::NoSuchContainer(_) => refused(format!("no such container: {name}")),
