@@ -69,8 +69,9 @@ pub enum UsageError {
     /// The kernel lacks what the flags ask for.
     #[error("{0}")]
     Kernel(String),
-    /// The config file cannot be read, parsed or turned into rules.
-    #[error("config: {0}")]
+    /// The config file cannot be read, parsed or turned into rules. A
+    /// long message (one quoting a long bad value) is cut in the middle.
+    #[error("config: {}", cut(.0))]
     Config(String),
     #[error("give the rule either as flags or in --config, not both")]
     ConfigAndFlags,
@@ -86,11 +87,52 @@ pub enum UsageError {
     /// Hooks that outlive the process, and no program to run their guard.
     #[error("{0}")]
     Guard(String),
+    /// The state directory is not one only root can write to.
+    #[error("{0}")]
+    StateDir(String),
+}
+
+/// Messages longer than this are cut in the middle when shown.
+const MAX_SHOWN: usize = 400;
+
+/// `message`, or its first and last few hundred bytes around a note of
+/// how much was cut: a bad value of 50 MB must not make a 50 MB line.
+fn cut(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_SHOWN {
+        return message.into();
+    }
+    let floor = |mut i: usize| {
+        while !message.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let head = floor(MAX_SHOWN * 2 / 3);
+    let tail = floor(message.len() - MAX_SHOWN / 3);
+    format!("{} [... {} bytes cut ...] {}", &message[..head], tail - head, &message[tail..]).into()
 }
 
 impl UsageError {
     /// Whether `fq`, which delays and rates need, cannot be put on a port.
     pub fn is_qdisc(&self) -> bool {
         matches!(self, UsageError::NoFq | UsageError::ForeignRootQdisc { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_config_message_is_cut_in_the_middle() {
+        let short = UsageError::Config("line 3: bad port".to_owned());
+        assert_eq!(short.to_string(), "config: line 3: bad port");
+        let value = "é".repeat(500_000);
+        let long = UsageError::Config(format!("line 4: '{value}' is not an address"));
+        let shown = long.to_string();
+        assert!(shown.len() < 2 * MAX_SHOWN, "{} bytes shown", shown.len());
+        assert!(shown.starts_with("config: line 4: 'éé"), "{shown}");
+        assert!(shown.ends_with("éé' is not an address"), "{shown}");
+        assert!(shown.contains(" bytes cut ...] "), "{shown}");
     }
 }

@@ -24,6 +24,8 @@
 //! - `rules`: from a rule as written to the kernel's values (`units`,
 //!   `values`, `args`, `spec`, `display`, `encode`, `validate`, `plan`,
 //!   `schedule`, `config`: the same one-way order inside);
+//! - `files`: reading the files a user names (`--config`, `--token-file`)
+//!   without blocking on a FIFO or reading more than allowed;
 //! - `error`: [`UsageError`], input that cannot work; the bottom.
 //!
 //! `demo` builds a lab in network namespaces and runs `attach`'s path
@@ -50,6 +52,7 @@ pub mod commands;
 pub mod control;
 pub mod datapath;
 pub mod error;
+pub mod files;
 pub mod rules;
 pub mod session;
 pub mod targets;

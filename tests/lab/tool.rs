@@ -96,6 +96,20 @@ impl Lab {
         Tool::spawn(cmd).wait(TOOL_TIMEOUT)
     }
 
+    /// Starts `pygocentrus attach ARGS...` under `wrapper` (a command that
+    /// runs the rest of its arguments, e.g. `setpriv ...`), with more
+    /// environment variables, without waiting.
+    pub fn spawn_with(&self, wrapper: &[&str], env: &[(&str, &str)], args: &[impl AsRef<str>]) -> Tool<'_> {
+        let mut cmd = self.tool_command(wrapper, args);
+        cmd.envs(env.iter().copied());
+        Tool::spawn(cmd)
+    }
+
+    /// [`Lab::spawn_with`], and waits until every hook is in place.
+    pub fn attach_with(&self, wrapper: &[&str], env: &[(&str, &str)], args: &[impl AsRef<str>]) -> Tool<'_> {
+        self.spawn_with(wrapper, env, args).attached(args)
+    }
+
     fn tool_command(&self, wrapper: &[&str], args: &[impl AsRef<str>]) -> Command {
         self.subcommand(wrapper, "attach", args)
     }

@@ -7,15 +7,16 @@
 //! attachment, which answers once the maps hold it; only then is the copy
 //! kept. So a reply means the faults are in force.
 
+pub mod listen;
 pub mod state;
 pub mod toxi;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Request, State as AxState},
+    extract::{DefaultBodyLimit, FromRequest, Path, Request, State as AxState},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -28,10 +29,11 @@ use prometheus_client::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use self::state::ApiState;
-use self::toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput};
+use self::toxi::{ApiError, Proxy, ProxyInput, Toxic, ToxicInput, check_name};
 use crate::{
     control::live::{EngineRequest, Tally},
     rules::{RuleArgs, RuleSpec},
@@ -40,6 +42,10 @@ use crate::{
 /// The largest request body accepted (a `/populate` of a few hundred
 /// proxies fits).
 pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// How long a request body may take to arrive once its head has (408
+/// after that).
+pub const BODY_TIMEOUT: Duration = listen::HEADER_TIMEOUT;
 
 pub struct Server {
     state: Mutex<ApiState>,
@@ -92,9 +98,40 @@ fn reply(status: StatusCode, body: impl serde::Serialize) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
 
+/// A request body, read within [`BODY_TIMEOUT`] and [`BODY_LIMIT`]; what
+/// goes wrong is answered in the JSON error shape (408, 413, 400).
+struct ReadBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ReadBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, state)).await {
+            Ok(Ok(bytes)) => Ok(Self(bytes)),
+            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError { status: 413, message: format!("request body over {} KiB", BODY_LIMIT / 1024) })
+            }
+            Ok(Err(rejection)) => Err(ApiError { status: rejection.status().as_u16(), message: rejection.body_text() }),
+            Err(_) => Err(ApiError {
+                status: 408,
+                message: format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+}
+
 /// A JSON body, or a 400 saying what is wrong with it.
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))
+}
+
+/// A JSON object as `T`: serde would also read a struct from an array,
+/// its fields by position, which no client means.
+fn object<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad("bad JSON body: expected a JSON object"));
+    }
+    body(bytes)
 }
 
 pub fn router(server: Shared) -> Router {
@@ -118,8 +155,10 @@ pub fn router(server: Shared) -> Router {
 /// With a token configured, every request must carry it.
 async fn authorize(AxState(server): AxState<Shared>, request: Request, next: Next) -> Response {
     if let Some(token) = &server.token {
-        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given.and_then(|v| v.strip_prefix("Bearer ")) != Some(token.as_str()) {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        // In constant time: how long a wrong token took to refuse says
+        // nothing of how much of it was right (its length aside).
+        if !given.is_some_and(|given| bool::from(given.ct_eq(token.as_bytes()))) {
             return ApiError { status: 401, message: "missing or wrong bearer token".to_owned() }.into_response();
         }
     }
@@ -139,6 +178,7 @@ async fn list_proxies(AxState(s): AxState<Shared>) -> ApiResult {
 /// A proxy from its body: name and upstream required, upstream resolved.
 async fn new_proxy(input: ProxyInput) -> Result<Proxy, ApiError> {
     let name = input.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad("missing required field: name"))?;
+    check_name("proxy", &name)?;
     let upstream =
         input.upstream.filter(|u| !u.is_empty()).ok_or_else(|| ApiError::bad("missing required field: upstream"))?;
     let target = resolve(&upstream).await?;
@@ -168,17 +208,19 @@ fn add_proxy(state: &mut ApiState, proxy: Proxy) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn create_proxy(AxState(s): AxState<Shared>, bytes: Bytes) -> ApiResult {
-    let proxy = new_proxy(body(&bytes)?).await?;
+async fn create_proxy(AxState(s): AxState<Shared>, ReadBody(bytes): ReadBody) -> ApiResult {
+    let proxy = new_proxy(object(&bytes)?).await?;
     let shown = json!(proxy);
     s.change(|st| add_proxy(st, proxy)).await?;
     reply(StatusCode::CREATED, shown)
 }
 
-async fn populate(AxState(s): AxState<Shared>, bytes: Bytes) -> ApiResult {
-    let inputs: Vec<ProxyInput> = body(&bytes)?;
+async fn populate(AxState(s): AxState<Shared>, ReadBody(bytes): ReadBody) -> ApiResult {
+    let inputs: Vec<serde_json::Map<String, Value>> = body(&bytes)?;
     let mut proxies = Vec::new();
     for input in inputs {
+        let input =
+            serde_json::from_value(Value::Object(input)).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))?;
         proxies.push(new_proxy(input).await?);
     }
     let shown: Vec<Value> = proxies.iter().map(|p| json!(p)).collect();
@@ -200,8 +242,8 @@ async fn get_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>) -> Api
     reply(StatusCode::OK, &state.proxies[i])
 }
 
-async fn update_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
-    let input: ProxyInput = body(&bytes)?;
+async fn update_proxy(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
+    let input: ProxyInput = object(&bytes)?;
     let target = match &input.upstream {
         Some(u) => Some((u.clone(), resolve(u).await?)),
         None => None,
@@ -245,8 +287,8 @@ async fn list_toxics(AxState(s): AxState<Shared>, Path(name): Path<String>) -> A
     reply(StatusCode::OK, &state.proxies[i].toxics)
 }
 
-async fn create_toxic(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
-    let toxic = Toxic::new(body(&bytes)?)?;
+async fn create_toxic(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
+    let toxic = Toxic::new(object(&bytes)?)?;
     let shown = json!(toxic);
     s.change(|st| {
         let i = st.proxy(&name)?;
@@ -275,9 +317,9 @@ async fn get_toxic(AxState(s): AxState<Shared>, Path((name, toxic)): Path<(Strin
 async fn update_toxic(
     AxState(s): AxState<Shared>,
     Path((name, toxic)): Path<(String, String)>,
-    bytes: Bytes,
+    ReadBody(bytes): ReadBody,
 ) -> ApiResult {
-    let input: ToxicInput = body(&bytes)?;
+    let input: ToxicInput = object(&bytes)?;
     let shown = s
         .change(|st| {
             let i = st.proxy(&name)?;
@@ -318,8 +360,9 @@ async fn reset(AxState(s): AxState<Shared>) -> ApiResult {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn set_rule(AxState(s): AxState<Shared>, Path(name): Path<String>, bytes: Bytes) -> ApiResult {
-    let args: RuleArgs = body(&bytes)?;
+async fn set_rule(AxState(s): AxState<Shared>, Path(name): Path<String>, ReadBody(bytes): ReadBody) -> ApiResult {
+    check_name("rule", &name)?;
+    let args: RuleArgs = object(&bytes)?;
     if args.flap.is_some() {
         return Err(ApiError::bad("flap is for config files: set the rule again to change it"));
     }

@@ -49,6 +49,20 @@ impl ApiError {
     }
 }
 
+/// The longest name of a proxy, toxic or rule the API creates, in bytes:
+/// Toxiproxy's clients never need more than a few dozen, and a name must
+/// fit in the URLs that read and delete it.
+pub const MAX_NAME: usize = 256;
+
+/// Refuses a `what` name (`proxy`, `toxic`, `rule`) longer than
+/// [`MAX_NAME`].
+pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.len() > MAX_NAME {
+        return Err(ApiError::bad(format!("a {what} name is at most {MAX_NAME} bytes; this one is {}", name.len())));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Proxy {
     pub name: String,
@@ -131,6 +145,7 @@ impl Toxic {
         if self.name.is_empty() {
             return Err(ApiError::bad("a toxic's name cannot be empty"));
         }
+        check_name("toxic", &self.name)?;
         self.direction()?;
         let mut f = RuleFaults::default();
         self.apply(&mut f)

@@ -177,9 +177,17 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Bearer token every request must carry (`Authorization: Bearer
-    /// TOKEN`). Required to listen on a non-loopback address.
+    /// TOKEN`). Required to listen on a non-loopback address. Prefer the
+    /// environment variable or --token-file: a flag's value is visible to
+    /// every user in /proc/PID/cmdline.
     #[arg(long, value_name = "TOKEN", env = "PYGOCENTRUS_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Read the token from this file (its whole contents, less a trailing
+    /// newline) instead: `--token-file /run/secrets/pygocentrus-token`.
+    /// It takes precedence over --token and PYGOCENTRUS_API_TOKEN.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 
     /// How to hook, as for `attach`.
     #[arg(long, value_enum, default_value_t = HookMode::Auto)]
@@ -205,9 +213,14 @@ pub struct ClientArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8474")]
     pub api: std::net::SocketAddr,
 
-    /// Bearer token, if `serve` has one.
+    /// Bearer token, if `serve` has one (prefer the environment variable or
+    /// --token-file: a flag's value is visible to every user).
     #[arg(long, value_name = "TOKEN", env = "PYGOCENTRUS_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Read the token from this file instead, as for `serve`.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 
     /// Print the answer as JSON.
     #[arg(long)]

@@ -14,13 +14,14 @@ use crate::{error::UsageError, rules::RuleSpec};
 /// Sends one request; returns the status and the body parsed as JSON
 /// (`null` when empty).
 async fn call(c: &ClientArgs, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
+    let token = super::token(c.token.as_ref(), c.token_file.as_deref())?;
     let stream = tokio::net::TcpStream::connect(c.api)
         .await
         .with_context(|| format!("connecting to pygocentrus serve at {} (is it running?)", c.api))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let conn = tokio::spawn(conn);
     let mut req = Request::builder().method(method).uri(path).header(header::HOST, c.api.to_string());
-    if let Some(token) = &c.token {
+    if let Some(token) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let bytes = match body {

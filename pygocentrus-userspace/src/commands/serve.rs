@@ -29,14 +29,15 @@ fn check_api(addr: SocketAddr, token: Option<&str>) -> Result<(), UsageError> {
     }
     if !addr.ip().is_loopback() && token.is_none() {
         return Err(UsageError::Api(format!(
-            "refusing to serve the API on {addr}, which is not a loopback address, without --token (or PYGOCENTRUS_API_TOKEN)"
+            "refusing to serve the API on {addr}, which is not a loopback address, without --token (or --token-file, or PYGOCENTRUS_API_TOKEN)"
         )));
     }
     Ok(())
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    check_api(args.api, args.token.as_deref())?;
+    let token = super::token(args.token.as_ref(), args.token_file.as_deref())?;
+    check_api(args.api, token.as_deref())?;
     let scope = args.scope();
     let base = match &args.config {
         Some(path) => {
@@ -57,9 +58,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let (tx, mut requests) = mpsc::channel(16);
     let state = ApiState { base: base.rules, endpoint: scope.endpoint_label(), ..ApiState::default() };
-    let server = Server::new(state, tx, args.token.clone());
+    let server = Server::new(state, tx, token);
     let app = api::router(server);
-    let mut http = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut http = tokio::spawn(api::listen::serve(listener, app));
     eprintln!("serving the API on http://{}", args.api);
 
     let stop = async {

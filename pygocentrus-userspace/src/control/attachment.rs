@@ -147,6 +147,9 @@ impl Attachment {
             Resolved::Endpoint(endpoint, links) => (HookSite::Endpoint { endpoint, waiting: None }, links),
         };
         let hooks = Hooks::new(method, fq);
+        if hooks.leaves_state() {
+            leftovers::prepare()?;
+        }
         let guard = if hooks.leaves_state() { Guard::spawn(guard, hooks.state_file())? } else { None };
         let mut this = Self { plan, contents, engine, hooks, nl, site, _guard: guard };
         for link in &links {

@@ -4,7 +4,7 @@
 //! On kernels with TCX (6.6+) each hook is a BPF link owned by this process:
 //! if the process dies, even by SIGKILL, the kernel detaches it. On older
 //! kernels hooks are cls_bpf filters on a clsact qdisc, which outlive the
-//! process; a state file under [`STATE_DIR`] records what this process
+//! process; a state file in [`leftovers::state_dir`] records what this process
 //! added, and the next start removes what a dead process left behind (see
 //! [`super::leftovers`]).
 
@@ -26,7 +26,7 @@ use clap::ValueEnum;
 
 use super::{
     engine::{Engine, Hook},
-    leftovers::{self, STATE_DIR, run_id},
+    leftovers::{self, run_id},
     netlink::{Link, Netlink},
     qdisc,
 };
@@ -99,7 +99,7 @@ impl Hooks {
         // One process may hold several sets of hooks (the library's
         // sessions): each has its own state file of the run.
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let state = Path::new(STATE_DIR).join(format!("{}.{}.state", run_id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let state = leftovers::state_dir().join(format!("{}.{}.state", run_id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         Self { method, fq, ports: BTreeMap::new(), state }
     }
 

@@ -30,6 +30,11 @@ use super::{
 };
 use crate::error::UsageError;
 
+/// The largest config file read: room for every one of the kernel's
+/// 16 383 rules several times over. Parsing takes some 40 times a file's
+/// size in memory.
+pub const MAX_CONFIG: u64 = 8 << 20;
+
 /// A config file as written. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,9 +66,13 @@ pub struct PhaseArgs {
 
 impl ConfigFile {
     /// Reads and parses `path`; any problem is one line naming the file.
+    /// A file over [`MAX_CONFIG`] is refused before it is read, and so is
+    /// a FIFO or device.
     pub fn load(path: &Path) -> Result<Self, UsageError> {
         let name = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| UsageError::Config(format!("reading {name}: {e}")))?;
+        let bytes = crate::files::read_regular(path, MAX_CONFIG)
+            .map_err(|e| UsageError::Config(format!("reading {name}: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| UsageError::Config(format!("reading {name}: {e}")))?;
         Self::parse(&text).map_err(|e| UsageError::Config(format!("{name}: {e}")))
     }
 

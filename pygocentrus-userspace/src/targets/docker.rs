@@ -36,6 +36,12 @@ pub enum DockerError {
     NotLocal(String),
     #[error("no such container: {0}")]
     NoSuchContainer(String),
+    /// Not a container name or id as Docker writes them: it would change
+    /// the request's URL (`.`, `..`, `/`, `#`, `?`).
+    #[error(
+        "not a container name or id: a name is a letter or digit, then letters, digits, '_', '.' or '-' (at most 255 bytes)"
+    )]
+    BadName,
     #[error("Docker at {socket}: {source}")]
     Api {
         socket: String,
@@ -94,6 +100,10 @@ impl Docker {
 
     /// The container named (or with the id, or id prefix) `name`.
     pub async fn inspect(&self, name: &str) -> Result<Container, DockerError> {
+        // bollard puts the name into the URL path as it is.
+        if !is_container_name(name) {
+            return Err(DockerError::BadName);
+        }
         let c = match self.client.inspect_container(name, None).await {
             Ok(c) => c,
             Err(ApiError::DockerResponseServerError { status_code: 404, .. }) => {
@@ -196,6 +206,17 @@ fn event_of(msg: &EventMessage, id: &str) -> Option<DockerEvent> {
 }
 
 /// The events API's time format: seconds and nanoseconds since the epoch.
+/// Whether `name` is a container name or id as Docker's grammar has them,
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`: nothing in it means anything in a URL
+/// path but itself (a name that starts with a letter or digit is never
+/// `.` or `..`).
+pub fn is_container_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 255
+        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
@@ -252,6 +273,17 @@ mod tests {
             "/run/user/1000/docker.sock"
         );
         assert!(matches!(socket_path(Some("tcp://10.0.0.1:2375".into())), Err(DockerError::NotLocal(_))));
+    }
+
+    #[test]
+    fn only_names_of_dockers_grammar_reach_the_url() {
+        for good in ["web", "web.1", "my_app-db-1", "0123abcd", "a"] {
+            assert!(is_container_name(good), "{good} refused");
+        }
+        for bad in ["", ".", "..", "../../info", "web#x", "web?all=1", "/web", "web/json", "-web", "we b", "wéb"] {
+            assert!(!is_container_name(bad), "{bad:?} accepted");
+        }
+        assert!(!is_container_name(&"a".repeat(256)));
     }
 
     #[test]

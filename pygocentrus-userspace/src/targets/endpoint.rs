@@ -17,7 +17,10 @@ use std::{
     fmt,
     fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
     path::PathBuf,
     time::SystemTime,
 };
@@ -25,7 +28,7 @@ use std::{
 use futures::channel::mpsc::UnboundedReceiver;
 
 use super::{
-    docker::{Docker, DockerError, DockerEvent},
+    docker::{Docker, DockerError, DockerEvent, is_container_name},
     scope::Scope,
 };
 use crate::{
@@ -102,6 +105,9 @@ impl Endpoint {
         // (how messages name it, its namespace file, Docker and the
         // container id, the PID given to --netns)
         let (label, path, container, pid) = if let Some(name) = &args.container {
+            if !is_container_name(name) {
+                return Err(refused(format!("--container {name}: {}", DockerError::BadName)));
+            }
             let docker = Docker::connect().await.map_err(|e| refused(format!("--container {name}: {e}")))?;
             let c = docker.inspect(name).await.map_err(|e| match e {
                 DockerError::NoSuchContainer(_) => refused(format!("no such container: {name}")),
@@ -191,13 +197,20 @@ fn proc_netns(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
-/// Opens a network namespace file, refusing any other kind of file.
+/// Opens a network namespace file, refusing any other kind of file. A
+/// namespace file is a regular file (of nsfs): anything else is refused
+/// before it is opened, and the open does not wait (`O_NONBLOCK`: a FIFO
+/// swapped in meanwhile would block `open` for ever, deaf to signals).
 fn open_netns(path: &std::path::Path) -> io::Result<File> {
-    let file = File::open(path)?;
+    let not_netns = || io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_netns());
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor.
     let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
     if kind != libc::CLONE_NEWNET {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace"));
+        return Err(not_netns());
     }
     Ok(file)
 }

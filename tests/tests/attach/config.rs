@@ -84,6 +84,25 @@ fn bad_config_files_are_refused_in_one_line_with_status_2() {
     let file = TempFile::new("cfgbad", "[[rule]]\nport = 5000\ndrop = 5\n");
     let out = lab.run(&args!["--iface", BRIDGE, "--config", file.path(), "--port", PORT, "--drop", 5]);
     assert_refused(&lab, "flags and a file", &out);
+
+    // A file over the cap is refused before it is read, and says so.
+    let big = TempFile::new("cfgbad", &format!("[[rule]]\nport = 5000\ndrop = 5\n#{}\n", "x".repeat(8 << 20)));
+    let out = lab.run(&args!["--iface", BRIDGE, "--config", big.path()]);
+    assert_refused(&lab, "a file over 8 MiB", &out);
+    assert!(out.stderr[0].contains("larger than 8 MiB"), "the message does not give the cap:\n{out}");
+    // A long bad value is not repeated whole: the line stays short.
+    let long = TempFile::new("cfgbad", &format!("[[rule]]\nport = 5000\ndrop = 5\nip = \"{}\"\n", "A".repeat(1 << 20)));
+    let out = lab.run(&args!["--iface", BRIDGE, "--config", long.path()]);
+    assert_refused(&lab, "a long bad value", &out);
+    assert!(out.stderr[0].len() < 1000, "a line of {} bytes", out.stderr[0].len());
+    assert!(out.stderr[0].contains("line 4"), "the message lost where the value is:\n{out}");
+    // A FIFO is refused, not waited on.
+    let fifo = std::env::temp_dir().join(format!("pyg-cfg-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = lab.run(&args!["--iface", BRIDGE, "--config", fifo.display()]);
+    std::fs::remove_file(&fifo).unwrap();
+    assert_refused(&lab, "a FIFO", &out);
 }
 
 #[test]

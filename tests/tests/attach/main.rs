@@ -13,6 +13,7 @@
 )]
 #![expect(clippy::useless_vec, reason = "args! builds owned argument lists (some kept, some only borrowed)")]
 
+mod apilimits;
 mod burst;
 mod config;
 mod corrupt;
@@ -26,6 +27,7 @@ mod malformed;
 mod reset;
 mod serve;
 mod session;
+mod statedir;
 mod usage;
 
 use std::net::IpAddr;

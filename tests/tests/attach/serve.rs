@@ -106,11 +106,27 @@ fn bad_requests_get_a_clear_4xx_and_serve_lives_on() {
     let proxy = json!({"name": "p", "upstream": upstream}).to_string();
     assert_eq!(api(&lab, "POST", "/proxies", &proxy).status, 201);
     let big = format!("{{\"name\":\"{}\"}}", "x".repeat(1 << 20));
+    // Objects' fields given by position, as serde would read them.
+    let other = server.addr(false, PORT + 1).to_string();
+    let array = json!(["q", null, other, true]).to_string();
+    let arrays = json!([["q", null, other, true]]).to_string();
+    // One byte over the longest name.
+    let long = "n".repeat(257);
+    let long_proxy = json!({"name": long, "upstream": other}).to_string();
+    let long_toxic = json!({"name": long, "type": "latency"}).to_string();
+    let long_rule = format!("/pygocentrus/rules/{long}");
     for (method, path, body, status, needle) in [
+        ("POST", "/proxies", array.as_str(), 400, "expected a JSON object"),
+        ("POST", "/populate", arrays.as_str(), 400, "bad JSON body"),
+        ("POST", "/proxies/p/toxics", r#"["t", "latency"]"#, 400, "expected a JSON object"),
+        ("POST", "/proxies/p", "[false]", 400, "expected a JSON object"),
+        ("POST", "/proxies", long_proxy.as_str(), 400, "at most 256 bytes"),
+        ("POST", "/proxies/p/toxics", long_toxic.as_str(), 400, "at most 256 bytes"),
+        ("PUT", long_rule.as_str(), r#"{"port":5000,"drop":1}"#, 400, "at most 256 bytes"),
         ("POST", "/proxies", "{not json", 400, "bad JSON body"),
         ("POST", "/proxies", r#"{"name":"q"}"#, 400, "upstream"),
         ("POST", "/proxies", proxy.as_str(), 409, "already exists"),
-        ("POST", "/proxies", big.as_str(), 413, ""),
+        ("POST", "/proxies", big.as_str(), 413, r#""status":413"#),
         ("GET", "/proxies/nosuch", "", 404, "proxy not found"),
         ("POST", "/proxies/p/toxics", r#"{"type":"nosuch"}"#, 400, "unknown toxic type"),
         ("POST", "/proxies/p/toxics", r#"{"type":"slicer"}"#, 400, "packet level"),
@@ -129,6 +145,18 @@ fn bad_requests_get_a_clear_4xx_and_serve_lives_on() {
     let r = api(&lab, "GET", "/version", "");
     assert_eq!(r.status, 200, "serve died: {r:?}");
     assert_eq!(api(&lab, "GET", "/proxies/p/toxics", "").body, "[]", "a refused toxic was kept");
+    let proxies = api(&lab, "GET", "/proxies", "").json();
+    assert_eq!(proxies.as_object().map(serde_json::Map::len), Some(1), "a refused proxy was kept: {proxies}");
+
+    // A name of the longest length is created, read and deleted, and
+    // /reset keeps its proxy, as Toxiproxy does.
+    let longest = "n".repeat(256);
+    let r = api(&lab, "POST", "/proxies", &json!({"name": longest, "upstream": other}).to_string());
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(api(&lab, "GET", &format!("/proxies/{longest}"), "").status, 200);
+    assert_eq!(api(&lab, "POST", "/reset", "").status, 204);
+    assert_eq!(api(&lab, "GET", &format!("/proxies/{longest}"), "").status, 200, "/reset removed a proxy");
+    assert_eq!(api(&lab, "DELETE", &format!("/proxies/{longest}"), "").status, 204);
     tool.terminate();
 }
 
@@ -144,7 +172,20 @@ fn the_api_needs_a_token_off_loopback() {
     assert_eq!(http(lab.host(), addr, "GET", "/proxies", "", Some("s3cret")).status, 200);
     let out = lab.run_sub("status", &args!["--token", "s3cret"]);
     out.assert_exit(0);
+    // Only the whole token: a longer one that starts with it is wrong.
+    assert_eq!(http(lab.host(), addr, "GET", "/proxies", "", Some("s3cretX")).status, 401);
     tool.terminate();
+
+    // The token from a file (its trailing newline is not part of it).
+    let file = TempFile::new("token", "fr0m-a-file\n");
+    let tool = lab.serve(&args!["--iface", BRIDGE, "--api", "0.0.0.0:8474", "--token-file", file.path()]);
+    assert_eq!(http(lab.host(), addr, "GET", "/proxies", "", Some("s3cret")).status, 401);
+    assert_eq!(http(lab.host(), addr, "GET", "/proxies", "", Some("fr0m-a-file")).status, 200);
+    lab.run_sub("status", &args!["--token-file", file.path()]).assert_exit(0);
+    tool.terminate();
+    let empty = TempFile::new("token", "");
+    let out = lab.run_sub("serve", &args!["--iface", BRIDGE, "--api", "0.0.0.0:8474", "--token-file", empty.path()]);
+    assert_refused(&lab, "an empty token file", &out);
 }
 
 #[test]

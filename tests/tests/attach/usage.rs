@@ -58,11 +58,25 @@ fn endpoints_that_cannot_be_resolved_are_refused_in_one_line_with_status_2() {
         ("a namespace without a veth here", args!["--netns", "/proc/1/ns/net", "--drop", 5]),
         ("--netns with --iface", args!["--iface", BRIDGE, "--netns", target.netns_path(), "--drop", 5]),
         ("--netns with --container", args!["--container", "web", "--netns", target.netns_path(), "--drop", 5]),
+        // Docker's API would read it as another path (with or without Docker).
+        ("a container name that is a path", args!["--container", "../../info", "--drop", 5]),
+        ("a container name with a '#'", args!["--container", "web#x", "--drop", 5]),
         ("--reset on UDP", args!["--netns", target.netns_path(), "--proto", "udp", "--reset", 5]),
     ];
     for (case, args) in &cases {
         assert_refused(&lab, case, &lab.run(args));
     }
+    // Refused for its grammar, before Docker is asked (and if it runs).
+    let out = lab.run(&args!["--container", "../../info", "--drop", 5]);
+    assert!(out.stderr_has("not a container name"), "the message does not say what is wrong:\n{out}");
+    // A FIFO: opening it to see what it is blocked for ever.
+    let fifo = std::env::temp_dir().join(format!("pyg-netns-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = lab.run(&args!["--netns", fifo.display(), "--drop", 5]);
+    std::fs::remove_file(&fifo).unwrap();
+    assert_refused(&lab, "a FIFO", &out);
+    assert!(out.stderr[0].contains("not a network namespace"), "the message does not say what is wrong:\n{out}");
     // Without Docker's socket (DOCKER_HOST names one that does not exist).
     let out =
         lab.run_env(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")], &args!["--container", "web", "--drop", 5]);
