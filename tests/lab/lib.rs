@@ -28,7 +28,7 @@ pub use counters::NetCounters;
 pub use http::{Reply, http};
 pub use netns::{BRIDGE, Container, Lab, PortHooks, hooks_in, in_netns, netns_path};
 pub use tool::{Outcome, TOOL_TIMEOUT, Tool};
-pub use traffic::{Exchange, UdpFlow, echo_server, echoes, payload, seq_of, tcp_connect, tcp_listener};
+pub use traffic::{Exchange, UdpFlow, bind_udp, echo_server, echoes, payload, seq_of, tcp_connect, tcp_listener};
 
 /// Command-line arguments from a mix of strings and numbers:
 /// `args!["--port", 5000, "--drop", 100]`.

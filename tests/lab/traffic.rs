@@ -156,7 +156,7 @@ impl UdpFlow {
 
 /// A UDP socket bound to `addr`, in the calling thread's namespace, with a
 /// receive buffer large enough for a whole test.
-fn bind_udp(addr: SocketAddr) -> UdpSocket {
+pub fn bind_udp(addr: SocketAddr) -> UdpSocket {
     let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("binding {addr}: {e}"));
     setsockopt(&sock, RcvBufForce, &RCVBUF).unwrap_or_else(|e| panic!("SO_RCVBUFFORCE on {addr}: {e}"));
     sock

@@ -5,10 +5,10 @@
 //! lab, as on most CNI bridges: with it on, the bridge itself drops IPv4
 //! headers that lie about their length).
 
-use std::{net::UdpSocket, time::Duration};
+use std::{net::UdpSocket, os::fd::AsRawFd as _, time::Duration};
 
 use pygocentrus_tests::{
-    Lab, args,
+    Lab, Outcome, args, bind_udp,
     frames::{self, ETH_HLEN, IP_HLEN, TCP_HLEN, Wire},
     in_netns,
 };
@@ -97,4 +97,71 @@ fn corrupt_payload_damages_a_short_udp_datagram_inside_it() {
         assert_eq!(most, 15, "not exactly one byte changed in {d:02x?}");
     }
     assert_eq!(out.counter("corrupted_payload"), N as u64, "{out}");
+}
+
+/// The server's UDP socket on PORT and two senders, over IPv6: one plain,
+/// one whose datagrams carry `dstopts` (a destination options header).
+struct V6Sockets {
+    rx: UdpSocket,
+    plain: UdpSocket,
+    with_options: UdpSocket,
+}
+
+impl V6Sockets {
+    fn new(lab: &Lab, dstopts: &[u8]) -> Self {
+        let (client, server) = (lab.container(0), lab.container(1));
+        let rx = server.run(|| bind_udp(server.addr(true, PORT)));
+        rx.set_read_timeout(Some(QUIET)).unwrap();
+        let plain = client.run(|| bind_udp(client.addr(true, 0)));
+        let with_options = client.run(|| bind_udp(client.addr(true, 0)));
+        // SAFETY: a valid socket and a readable option buffer of its length.
+        let r = unsafe {
+            libc::setsockopt(
+                with_options.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_DSTOPTS,
+                dstopts.as_ptr().cast(),
+                u32::try_from(dstopts.len()).unwrap(),
+            )
+        };
+        assert_eq!(r, 0, "IPV6_DSTOPTS: {}", std::io::Error::last_os_error());
+        Self { rx, plain, with_options }
+    }
+
+    /// Sends 20 datagrams of `size` bytes from `tx` and returns how many
+    /// arrived, and with `drop` what `--drop 100` attached meanwhile said
+    /// (without, nothing is attached).
+    fn exchange(&self, lab: &Lab, tx: &UdpSocket, drop: bool, size: usize) -> (usize, Option<Outcome>) {
+        let server = lab.container(1);
+        let tool = drop.then(|| lab.attach(&rule("udp", Some(server.ip(true)), args!["--drop", 100, "--json"])));
+        for i in 0..20u8 {
+            tx.send_to(&vec![i; size], server.addr(true, PORT)).unwrap();
+        }
+        let mut got = 0;
+        let mut buf = vec![0u8; 65_536];
+        while self.rx.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        (got, tool.map(pygocentrus_tests::Tool::terminate))
+    }
+}
+
+#[test]
+fn drop_catches_ipv6_datagrams_behind_extension_headers_and_fragments() {
+    let (lab, _, _) = Lab::pair("v6ext");
+    plain_bridge(&lab);
+    // PadN over the 6 bytes a destination options header has room for.
+    let s = V6Sockets::new(&lab, &[0, 0, 1, 4, 0, 0, 0, 0]);
+    // Without a fault every datagram arrives: the lab carries them.
+    assert_eq!(s.exchange(&lab, &s.plain, false, 12_000).0, 20, "fragmented datagrams do not cross the lab");
+    assert_eq!(s.exchange(&lab, &s.with_options, false, 100).0, 20, "datagrams with options do not cross the lab");
+    // 12 000 bytes: 9 fragments each; the first carries the UDP header.
+    let (got, out) = s.exchange(&lab, &s.plain, true, 12_000);
+    let out = out.unwrap();
+    assert_eq!(got, 0, "{got} of 20 fragmented datagrams arrived: {out}");
+    assert_eq!(out.counter("dropped"), 20, "one first fragment per datagram: {out}");
+    let (got, out) = s.exchange(&lab, &s.with_options, true, 100);
+    let out = out.unwrap();
+    assert_eq!(got, 0, "{got} of 20 datagrams with a destination options header arrived: {out}");
+    assert_eq!(out.counter("dropped"), 20, "{out}");
 }
