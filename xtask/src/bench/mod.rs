@@ -7,6 +7,7 @@
 //!   binary attached, in alternating pairs.
 //! - `report`: Markdown, printed and written into BENCHMARKS.md.
 
+mod attached;
 mod cost;
 mod frames;
 mod lab;
