@@ -6,11 +6,16 @@
 //! - `throughput`: iperf3 in namespaces (`lab`), bare and with the release
 //!   binary attached, in alternating pairs.
 //! - `report`: Markdown, printed and written into BENCHMARKS.md.
+//!
+//! `cargo xtask bench-live` (`live`) times the classifier on live packets
+//! instead, from the kernel's BPF statistics, in the same lab.
 
 mod attached;
 mod cost;
 mod frames;
+mod interrupt;
 mod lab;
+pub mod live;
 mod noop;
 pub mod report;
 mod throughput;
