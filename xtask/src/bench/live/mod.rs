@@ -228,8 +228,15 @@ fn measure(loads: &[Load], rounds: usize, settings: LoadSettings, binary: &Path)
             for i in order {
                 interrupt::check()?;
                 let r = &mut results[i];
-                let sample = run_case(&lab, load, &r.case, &settings, binary)
-                    .with_context(|| format!("{} under {}", r.case.name, load.name()))?;
+                let sample = match run_case(&lab, load, &r.case, &settings, binary) {
+                    Ok(sample) => sample,
+                    // A Ctrl-C also stops the children, and the step fails
+                    // for it: say that, not the step's symptom.
+                    Err(e) => {
+                        interrupt::check()?;
+                        return Err(e.context(format!("{} under {}", r.case.name, load.name())));
+                    }
+                };
                 interrupt::check()?;
                 r.ok &= counters_agree(r.case.kind, sample.counted);
                 let [ing, eg] = sample.hooks;
