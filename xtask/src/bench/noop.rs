@@ -1,6 +1,6 @@
 //! The floor: an empty TC classifier (`r0 = TC_ACT_UNSPEC; exit`), and
 //! for the live bench a probe that does only what `parse::linearize` of the
-//! classifier does first (pull the first `min(len, 134)` bytes into the
+//! classifier does first (pull the first `min(len, 138)` bytes into the
 //! linear part when they are not there), to time that step alone on live
 //! packets.
 //!
@@ -80,7 +80,7 @@ pub fn load() -> Result<SchedClassifier> {
     load_program(NAME, &RETURN_UNSPEC)
 }
 
-/// The probe: `want = min(skb->len, 134); if data + want > data_end:
+/// The probe: `want = min(skb->len, 138); if data + want > data_end:
 /// bpf_skb_pull_data(skb, want)`, then `TC_ACT_UNSPEC`.
 pub fn load_pull_probe() -> Result<SchedClassifier> {
     let insns = [

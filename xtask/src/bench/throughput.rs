@@ -125,19 +125,28 @@ pub(super) fn warm_up(lab: &Lab) -> Result<()> {
 
 /// One iperf3 run from the client namespace: received bits per second.
 pub(super) fn iperf(lab: &Lab, secs: u32) -> Result<f64> {
+    let json = iperf3(lab, &["-t", &secs.to_string(), "-O", &OMIT.to_string()])?;
+    json.pointer("/end/sum_received/bits_per_second")
+        .and_then(Value::as_f64)
+        .context("no end.sum_received.bits_per_second in iperf3's JSON")
+}
+
+/// `iperf3 -c SERVER ARGS -J` from the client namespace: its JSON, or the
+/// error it reported.
+pub(super) fn iperf3(lab: &Lab, args: &[&str]) -> Result<Value> {
     let out = lab
         .exec(&lab.client, "iperf3")
-        .args(["-c", SERVER_ADDR, "-t", &secs.to_string(), "-O", &OMIT.to_string(), "-J"])
+        .args(["-c", SERVER_ADDR])
+        .args(args)
+        .arg("-J")
         .stdin(Stdio::null())
         .output()
         .context("running iperf3")?;
     let json: Value = serde_json::from_slice(&out.stdout).context("iperf3 did not print JSON")?;
     if let Some(err) = json.get("error") {
-        bail!("iperf3: {err}");
+        bail!("iperf3 {}: {err}", args.join(" "));
     }
-    json.pointer("/end/sum_received/bits_per_second")
-        .and_then(Value::as_f64)
-        .context("no end.sum_received.bits_per_second in iperf3's JSON")
+    Ok(json)
 }
 
 struct AttachedRun {

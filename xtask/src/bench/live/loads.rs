@@ -6,7 +6,6 @@ use std::{env, process::Stdio, thread, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
-use serde_json::Value;
 
 use super::super::{
     interrupt,
@@ -143,17 +142,8 @@ pub fn run(lab: &Lab, load: Load, s: &Settings) -> Result<f64> {
 }
 
 fn udp(lab: &Lab, s: &Settings) -> Result<f64> {
-    let out = lab
-        .exec(&lab.client, "iperf3")
-        .args(["-c", SERVER_ADDR, "-u", "-l", &UDP_PAYLOAD.to_string(), "-b", &udp_bitrate(s).to_string()])
-        .args(["-t", &s.secs.to_string(), "-J"])
-        .stdin(Stdio::null())
-        .output()
-        .context("running iperf3 -u")?;
-    let json: Value = serde_json::from_slice(&out.stdout).context("iperf3 did not print JSON")?;
-    if let Some(err) = json.get("error") {
-        bail!("iperf3 -u: {err}");
-    }
+    let (len, rate, secs) = (UDP_PAYLOAD.to_string(), udp_bitrate(s).to_string(), s.secs.to_string());
+    let json = throughput::iperf3(lab, &["-u", "-l", &len, "-b", &rate, "-t", &secs])?;
     let sum = json.pointer("/end/sum").context("no end.sum in iperf3's JSON")?;
     let packets = sum["packets"].as_f64().context("no end.sum.packets")?;
     let seconds = sum["seconds"].as_f64().context("no end.sum.seconds")?;

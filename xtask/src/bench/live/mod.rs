@@ -20,7 +20,6 @@ pub mod report;
 mod setups;
 
 use std::{
-    env,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -38,7 +37,7 @@ use super::{
     cost::IDLE_RULE,
     interrupt,
     lab::{Lab, SERVER_ADDR},
-    report::Machine,
+    report::{Machine, invocation, publish},
     workspace_root,
 };
 
@@ -189,17 +188,10 @@ pub fn run(args: &LiveArgs) -> Result<()> {
     let settings = LoadSettings { secs: args.secs, udp_pps: args.udp_pps, requests: args.requests };
     let report = measure(&loads, args.rounds, settings, &binary)?;
 
-    let command = env::args().skip(1).fold("cargo xtask".to_owned(), |acc, a| format!("{acc} {a}"));
     let shown = binary.strip_prefix(&root).unwrap_or(&binary).display().to_string();
-    let section = report::markdown(&machine, &command, &shown, &report).context("formatting the report")?;
-    println!("{section}");
-    if args.no_record || args.only.is_some() {
-        eprintln!("bench: results not recorded (--no-record or --only): BENCHMARKS.md left as it was");
-    } else {
-        let path = root.join("BENCHMARKS.md");
-        report::record(&path, &section)?;
-        eprintln!("bench: results written to {}", path.display());
-    }
+    let section = report::markdown(&machine, &invocation(), &shown, &report).context("formatting the report")?;
+    let record = !args.no_record && args.only.is_none();
+    publish(&root, &section, record, report::START, report::END)?;
     if let Some(bad) = report.results.iter().find(|r| !r.ok) {
         bail!("the classifier's counters disagree with the case '{}' ({})", bad.case.name, bad.load.name());
     }

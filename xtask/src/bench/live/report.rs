@@ -1,21 +1,13 @@
 //! The live bench's results as Markdown, printed and written into their own
 //! generated section of BENCHMARKS.md (between the `bench-live` markers).
 
-use std::{
-    fmt::{self, Write as _},
-    path::Path,
-};
-
-use anyhow::Result;
+use std::fmt::{self, Write as _};
 
 use super::{
     CaseResult, Kind, Load, Report, Sample,
     setups::{Hook, PORTS, Stat},
 };
-use crate::bench::{
-    median,
-    report::{Machine, record_section},
-};
+use crate::bench::{median, report::Machine};
 
 pub const START: &str = "<!-- bench-live:start -->";
 pub const END: &str = "<!-- bench-live:end -->";
@@ -24,10 +16,6 @@ pub const END: &str = "<!-- bench-live:end -->";
 pub const UNMATCHED_MAX: f64 = 15.0;
 pub const MATCHED_MAX: f64 = 40.0;
 pub const SEED_MAX: f64 = 15.0;
-
-pub fn record(path: &Path, section: &str) -> Result<()> {
-    record_section(path, START, END, section)
-}
 
 /// Median, min and max of `f` over the samples.
 fn spread(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
@@ -155,8 +143,8 @@ fn hooks_table(o: &mut String, r: &Report, binary: &str) -> fmt::Result {
          every frame not addressed to the bridge to the egress hook, which judges it). *Per port* rows: the same \
          object and maps, loaded by the tool's library once per port, so that each port and hook has its own \
          program (next table). The probe runs only the classifier's first step, `parse::linearize` (pull the \
-         first min(len, 134) bytes into the linear part when they are not there), at egress. Runs/s: \
-         Δrun_cnt / the load's seconds, ingress and egress.\n"
+         first min(len, 138) bytes into the linear part when they are not there), at egress. Runs: \
+         Δrun_cnt over one run of the load (median), ingress and egress.\n"
     )?;
     writeln!(
         o,
