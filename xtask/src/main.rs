@@ -21,6 +21,12 @@ enum Task {
     /// TCP throughput of a bridge with and without it; print the results and
     /// rewrite the generated section of BENCHMARKS.md. Needs root.
     Bench(bench::BenchArgs),
+    /// Measure the classifier's cost per packet on live traffic (iperf3
+    /// TCP and 64-byte UDP, redis-benchmark) from the kernel's BPF
+    /// statistics, beside an empty classifier on the same bridge ports;
+    /// print the results and rewrite their section of BENCHMARKS.md. Needs
+    /// root.
+    BenchLive(bench::live::LiveArgs),
     /// Run the integration tests under Debian's 6.1 (netlink fallback) and
     /// 6.12 (TCX) kernels in QEMU; arguments after `--` go to every test
     /// executable.
@@ -39,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Bench(args) => bench::run(&args),
+        Task::BenchLive(args) => bench::live::run(&args),
         Task::VmTest(args) => vm::run(&args),
         Task::BenchVm(args) => vm::bench::run(&args),
         Task::Stack(args) => stack::run(&args),

@@ -351,7 +351,7 @@ fn timed(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(u32, u32)
 }
 
 /// The rule the tool would build from these `attach` flags.
-fn rule_spec(flags: &str) -> Result<RuleSpec> {
+pub fn rule_spec(flags: &str) -> Result<RuleSpec> {
     let mut argv = vec!["pygocentrus", "attach", "--iface", "bench"];
     argv.extend(flags.split_whitespace());
     let cli = Cli::try_parse_from(argv).with_context(|| format!("parsing `{flags}`"))?;

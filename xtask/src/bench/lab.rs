@@ -1,4 +1,4 @@
-//! Network namespaces for the throughput bench: a client and a server on a
+//! Network namespaces for the throughput and live benches: a client and a server on a
 //! bridge that lives in a namespace of its own, all on 198.18.0.0/24, and
 //! all removed when the [`Lab`] is dropped.
 //!
@@ -6,7 +6,7 @@
 //! the tool, which talks netlink itself.
 
 use std::{
-    fs,
+    fs::{self, File},
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::{
     errno::Errno,
+    sched::{CloneFlags, setns},
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
@@ -25,6 +26,10 @@ pub const CLIENT_ADDR: &str = "198.18.0.1";
 pub const SERVER_ADDR: &str = "198.18.0.2";
 /// The bridge, inside the bridge namespace.
 pub const BRIDGE: &str = "br0";
+/// The bridge's ports, inside the bridge namespace: the veth to the client
+/// and the one to the server.
+pub const CLIENT_PORT: &str = "pcli";
+pub const SERVER_PORT: &str = "psrv";
 
 pub struct Lab {
     pub client: String,
@@ -50,7 +55,7 @@ impl Lab {
         }
         let br = lab.bridge.clone();
         ip(&["-n", &br, "link", "add", BRIDGE, "type", "bridge"])?;
-        for (port, host, addr) in [("pcli", &lab.client, CLIENT_ADDR), ("psrv", &lab.server, SERVER_ADDR)] {
+        for (port, host, addr) in [(CLIENT_PORT, &lab.client, CLIENT_ADDR), (SERVER_PORT, &lab.server, SERVER_ADDR)] {
             ip(&["-n", &br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host])?;
             ip(&["-n", &br, "link", "set", port, "master", BRIDGE, "up"])?;
             ip(&["-n", host, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
@@ -59,6 +64,39 @@ impl Lab {
         }
         ip(&["-n", &br, "link", "set", BRIDGE, "up"])?;
         Ok(lab)
+    }
+
+    /// This thread inside namespace `ns` (to attach programs to its links or
+    /// query them) until the guard is dropped. Only the calling thread moves.
+    pub fn enter(&self, ns: &str) -> Result<InNetns> {
+        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
+        let target = File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening namespace {ns}"))?;
+        setns(&target, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering namespace {ns}"))?;
+        Ok(InNetns { home })
+    }
+
+    /// The MAC address of the bridge (what `pygocentrus attach` tells its
+    /// classifier, so that the ingress hook leaves forwarded frames to egress).
+    pub fn bridge_mac(&self) -> Result<[u8; 6]> {
+        let out = Command::new("ip")
+            .args(["-n", &self.bridge, "-o", "link", "show", BRIDGE])
+            .output()
+            .context("running ip (iproute2)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mac = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no link/ether in `ip link show {BRIDGE}`: {text}"))?;
+        let mut bytes = [0u8; 6];
+        let parts: Vec<&str> = mac.split(':').collect();
+        if parts.len() != 6 {
+            bail!("not a MAC address: {mac}");
+        }
+        for (b, p) in bytes.iter_mut().zip(parts) {
+            *b = u8::from_str_radix(p, 16).with_context(|| format!("not a MAC address: {mac}"))?;
+        }
+        Ok(bytes)
     }
 
     /// A command run inside namespace `ns`.
@@ -75,6 +113,21 @@ impl Drop for Lab {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("bench: warning: could not remove namespace {ns}: {e:#}");
             }
+        }
+    }
+}
+
+/// The thread back in the namespace it was in before [`Lab::enter`].
+pub struct InNetns {
+    home: File,
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        // Children are started with `ip netns exec NS`, so a thread left
+        // behind would misplace nothing but its own later queries.
+        if let Err(e) = setns(&self.home, CloneFlags::CLONE_NEWNET) {
+            eprintln!("bench: warning: could not return to the original network namespace: {e}");
         }
     }
 }

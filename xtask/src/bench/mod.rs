@@ -6,10 +6,16 @@
 //! - `throughput`: iperf3 in namespaces (`lab`), bare and with the release
 //!   binary attached, in alternating pairs.
 //! - `report`: Markdown, printed and written into BENCHMARKS.md.
+//!
+//! `cargo xtask bench-live` (`live`) times the classifier on live packets
+//! instead, from the kernel's BPF statistics, in the same lab.
 
+mod attached;
 mod cost;
 mod frames;
+mod interrupt;
 mod lab;
+pub mod live;
 mod noop;
 pub mod report;
 mod throughput;
@@ -106,17 +112,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let shown = binary.as_ref().map_or(String::new(), |b| b.strip_prefix(&root).unwrap_or(b).display().to_string());
 
-    let command = env::args().skip(1).fold("cargo xtask".to_owned(), |acc, a| format!("{acc} {a}"));
-    let section = report::markdown(&machine, &command, &shown, cost.as_ref(), &settings, tput.as_ref())
+    let section = report::markdown(&machine, &report::invocation(), &shown, cost.as_ref(), &settings, tput.as_ref())
         .context("formatting the report")?;
-    println!("{section}");
-    if args.no_record || args.only.is_some() || args.case.is_some() {
-        eprintln!("bench: results not recorded (--no-record, --only or --case): BENCHMARKS.md left as it was");
-    } else {
-        let path = root.join("BENCHMARKS.md");
-        report::record(&path, &section)?;
-        eprintln!("bench: results written to {}", path.display());
-    }
+    let record = !args.no_record && args.only.is_none() && args.case.is_none();
+    report::publish(&root, &section, record, report::START, report::END)?;
     if let Some(bad) = cost.iter().flat_map(|c| &c.rows).find(|r| !r.ok) {
         bail!("a check failed for '{}': {}", bad.name, bad.check);
     }

@@ -237,10 +237,23 @@ fn throughput_table(o: &mut String, t: &throughput::Report, binary: &str) -> fmt
     writeln!(o, "| median | | {:.2} | {:.2} | {:.4} |", t.bare / 1e9, t.attached / 1e9, t.ratio)
 }
 
-/// Replaces the generated section of `path` (creating the file, or
-/// appending the section, when there is none yet).
-pub fn record(path: &Path, section: &str) -> Result<()> {
-    record_section(path, START, END, section)
+/// How the bench was called, as its report says: `cargo xtask ARGS`.
+pub fn invocation() -> String {
+    std::env::args().skip(1).fold("cargo xtask".to_owned(), |acc, a| format!("{acc} {a}"))
+}
+
+/// Prints `section` and, if `record`, writes it between `start` and `end`
+/// in `root`'s BENCHMARKS.md.
+pub fn publish(root: &Path, section: &str, record: bool, start: &str, end: &str) -> Result<()> {
+    println!("{section}");
+    if !record {
+        eprintln!("bench: results not recorded (asked not to, or a part of the bench only): BENCHMARKS.md left as it was");
+        return Ok(());
+    }
+    let path = root.join("BENCHMARKS.md");
+    record_section(&path, start, end, section)?;
+    eprintln!("bench: results written to {}", path.display());
+    Ok(())
 }
 
 /// Replaces what lies between the markers `start` and `end` in `path`
@@ -307,12 +320,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("B.md");
-        record(&path, "one\n").unwrap();
+        record_section(&path, START, END, "one\n").unwrap();
         let first = fs::read_to_string(&path).unwrap();
         assert!(first.starts_with("# Benchmarks"));
         let edited = first.replace("# Benchmarks", "# Benchmarks (edited)") + "\nNotes after.\n";
         fs::write(&path, edited).unwrap();
-        record(&path, "two\n").unwrap();
+        record_section(&path, START, END, "two\n").unwrap();
         let second = fs::read_to_string(&path).unwrap();
         assert!(second.contains("(edited)") && second.contains("Notes after."));
         assert!(second.contains("two\n") && !second.contains("one\n"));

@@ -2,15 +2,12 @@
 //! with a rule no packet matches, in alternating pairs.
 //!
 //! The attached runs start the real binary inside the bridge's namespace
-//! (`ip netns exec … pygocentrus attach --iface br0 …`), wait for its
-//! `attached` line on stderr, run iperf3, and stop it with SIGTERM; its
-//! JSON summary shows that the classifier saw the traffic and matched none.
+//! (`attached::Tool`), run iperf3, and stop it; its JSON summary shows that
+//! the classifier saw the traffic and matched none.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
     process::Stdio,
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -19,8 +16,9 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{
+    attached::Tool,
     cost::IDLE_RULE,
-    lab::{BRIDGE, ChildGuard, Lab, SERVER_ADDR},
+    lab::{ChildGuard, Lab, SERVER_ADDR},
     median,
 };
 
@@ -113,7 +111,7 @@ pub fn measure(s: &Settings<'_>) -> Result<Report> {
 }
 
 /// Waits for the server to listen, with short runs that also warm up.
-fn warm_up(lab: &Lab) -> Result<()> {
+pub(super) fn warm_up(lab: &Lab) -> Result<()> {
     let mut tries = 0;
     loop {
         match iperf(lab, 1) {
@@ -126,20 +124,29 @@ fn warm_up(lab: &Lab) -> Result<()> {
 }
 
 /// One iperf3 run from the client namespace: received bits per second.
-fn iperf(lab: &Lab, secs: u32) -> Result<f64> {
+pub(super) fn iperf(lab: &Lab, secs: u32) -> Result<f64> {
+    let json = iperf3(lab, &["-t", &secs.to_string(), "-O", &OMIT.to_string()])?;
+    json.pointer("/end/sum_received/bits_per_second")
+        .and_then(Value::as_f64)
+        .context("no end.sum_received.bits_per_second in iperf3's JSON")
+}
+
+/// `iperf3 -c SERVER ARGS -J` from the client namespace: its JSON, or the
+/// error it reported.
+pub(super) fn iperf3(lab: &Lab, args: &[&str]) -> Result<Value> {
     let out = lab
         .exec(&lab.client, "iperf3")
-        .args(["-c", SERVER_ADDR, "-t", &secs.to_string(), "-O", &OMIT.to_string(), "-J"])
+        .args(["-c", SERVER_ADDR])
+        .args(args)
+        .arg("-J")
         .stdin(Stdio::null())
         .output()
         .context("running iperf3")?;
     let json: Value = serde_json::from_slice(&out.stdout).context("iperf3 did not print JSON")?;
     if let Some(err) = json.get("error") {
-        bail!("iperf3: {err}");
+        bail!("iperf3 {}: {err}", args.join(" "));
     }
-    json.pointer("/end/sum_received/bits_per_second")
-        .and_then(Value::as_f64)
-        .context("no end.sum_received.bits_per_second in iperf3's JSON")
+    Ok(json)
 }
 
 struct AttachedRun {
@@ -150,56 +157,9 @@ struct AttachedRun {
 }
 
 fn run_attached(lab: &Lab, s: &Settings<'_>) -> Result<AttachedRun> {
-    let mut cmd = lab.exec(&lab.bridge, &s.binary.to_string_lossy());
-    cmd.args(["attach", "--iface", BRIDGE])
-        .args(IDLE_RULE.split_whitespace())
-        .arg("--json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut guard = ChildGuard::spawn(cmd, "pygocentrus attach")?;
-    let child = guard.child_mut().context("pygocentrus is not running")?;
-    let stderr = child.stderr.take().context("no stderr pipe")?;
-    let stdout = child.stdout.take().context("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel();
-    let err_reader = thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // The last JSON line on stdout is the summary.
-    let out_reader = thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).last());
-
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut said = Vec::new();
-    let line = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.starts_with("attached") => break l,
-            Ok(l) => said.push(l),
-            Err(_) => bail!("pygocentrus did not attach within 15 s: {}", said.join(" / ")),
-        }
-    };
-
+    let tool = Tool::start(lab, s.binary, IDLE_RULE)?;
+    let line = tool.line.clone();
     let bps = iperf(lab, s.secs)?;
-    let clean = guard.stop(Duration::from_secs(5))?;
-    if err_reader.join().is_err() {
-        eprintln!("bench: warning: the stderr reader of pygocentrus panicked");
-    }
-    said.extend(rx.try_iter());
-    if !clean {
-        bail!("pygocentrus did not exit cleanly on SIGTERM: {}", said.join(" / "));
-    }
-    let summary = out_reader.join().ok().flatten().context("pygocentrus printed no JSON summary")?;
-    let json: Value = serde_json::from_str(&summary).context("pygocentrus's summary is not JSON")?;
-    if json["event"] != "summary" {
-        bail!("pygocentrus's last JSON line is not its summary: {summary}");
-    }
-    let seen = json["classifier_seen"].as_u64().unwrap_or(0);
-    let matched = json["rules"][0]["matched"].as_u64().unwrap_or(0);
-    if seen == 0 {
-        bail!("the classifier saw no packet while attached: {summary}");
-    }
-    Ok(AttachedRun { bps, line, seen, matched })
+    let summary = tool.stop()?;
+    Ok(AttachedRun { bps, line, seen: summary.seen, matched: summary.matched })
 }
