@@ -189,13 +189,18 @@ pub struct GeModel {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
-    pub drop: Threshold,
-    pub reset: Threshold,
-    pub corrupt: Threshold,
-    pub corrupt_payload: Threshold,
+    /// The probability of each decision, at its [`Action`]'s number
+    /// ([`Rule::threshold`]): drop, reset, corrupt, corrupt-payload and
+    /// duplicate, and the shares the delay (`Delay`: of matched packets)
+    /// and the FIN delay (`FinDelay`: of FIN segments) apply to; with
+    /// [`RULE_PER_CONNECTION`] each is a share of connections, and `Limit`
+    /// and `Rate` are the shares of connections the flow limits and the
+    /// rate apply to ([`PROB_ALWAYS`] without that flag).
+    pub thresholds: [Threshold; ACTION_SLOTS],
     /// `RULE_*` bits.
     pub flags: u32,
-    pub duplicate: Threshold,
+    /// `DIST_*`.
+    pub distribution: u32,
     /// Seed for reproducible decisions (host order), used with [`RULE_SEEDED`].
     pub seed: u64,
     /// Mean added delay in nanoseconds (0: none).
@@ -203,10 +208,6 @@ pub struct Rule {
     /// Jitter in nanoseconds: the half-width for uniform, the standard
     /// deviation for the table distributions.
     pub jitter_ns: u64,
-    /// Share of matched packets that get the delay.
-    pub delay_prob: Threshold,
-    /// `DIST_*`.
-    pub distribution: u32,
     /// Rate limit in bytes per second (0: none).
     pub rate_bytes: u64,
     pub ge: GeModel,
@@ -229,42 +230,32 @@ pub struct Rule {
     /// "Slow close": a TCP segment carrying FIN leaves this much later
     /// (Toxiproxy's `slow_close`). 0: none.
     pub fin_delay_ns: u64,
-    /// Share of matched FIN segments (with [`RULE_PER_CONNECTION`]: of
-    /// connections) that get `fin_delay_ns`.
-    pub fin_delay_prob: Threshold,
-    /// Share of connections the flow limits apply to (with
-    /// [`RULE_PER_CONNECTION`]); [`PROB_ALWAYS`] otherwise.
-    pub limit_prob: Threshold,
-    /// Share of connections the rate applies to (with
-    /// [`RULE_PER_CONNECTION`]); [`PROB_ALWAYS`] otherwise.
-    pub rate_prob: Threshold,
-    pub _pad: u32,
 }
+
+// The thresholds and two 4-byte fields, then 8-byte fields, and the other
+// 4-byte ones in pairs: no implicit padding for the kernel program and
+// userspace to read differently.
+const _: () = assert!(size_of::<Rule>() == 160);
 
 impl Rule {
     /// The probability of an action that is a decision (whether a fault
     /// applies); [`PROB_NEVER`] for the draws that only pick a value.
+    /// Masked: an index the kernel program's verifier can always bound.
     #[inline(always)]
     pub const fn threshold(&self, action: Action) -> Threshold {
-        match action {
-            Action::Drop => self.drop,
-            Action::Reset => self.reset,
-            Action::Corrupt => self.corrupt,
-            Action::CorruptPayload => self.corrupt_payload,
-            Action::Duplicate => self.duplicate,
-            Action::Delay => self.delay_prob,
-            Action::Limit => self.limit_prob,
-            Action::Rate => self.rate_prob,
-            Action::FinDelay => self.fin_delay_prob,
-            Action::PayloadOffset | Action::Jitter | Action::GeTransition | Action::GeLoss => PROB_NEVER,
-        }
+        self.thresholds[action as usize & (ACTION_SLOTS - 1)]
+    }
+
+    /// Sets the probability of `action`.
+    pub const fn set_threshold(&mut self, action: Action, threshold: Threshold) {
+        self.thresholds[action as usize & (ACTION_SLOTS - 1)] = threshold;
     }
 
     /// Whether the rule sets departure times: those need the `fq` qdisc.
     pub const fn schedules(&self) -> bool {
-        ((self.delay_ns != 0 || self.jitter_ns != 0) && self.delay_prob != PROB_NEVER)
-            || (self.rate_bytes != 0 && self.rate_prob != PROB_NEVER)
-            || (self.fin_delay_ns != 0 && self.fin_delay_prob != PROB_NEVER)
+        ((self.delay_ns != 0 || self.jitter_ns != 0) && self.threshold(Action::Delay) != PROB_NEVER)
+            || (self.rate_bytes != 0 && self.threshold(Action::Rate) != PROB_NEVER)
+            || (self.fin_delay_ns != 0 && self.threshold(Action::FinDelay) != PROB_NEVER)
     }
 
     /// Whether the rule keeps per-connection state in the `CONNS` map.
@@ -322,7 +313,9 @@ pub const MARK_DUPLICATE: u32 = 0x0100_0000;
 pub const MARK_ORPHAN: u32 = 0x0200_0000;
 
 /// The dice a rule can throw, in the order they are thrown. The discriminant
-/// is mixed into the seeded hash so that each action gets its own draw.
+/// is mixed into the seeded hash so that each action gets its own draw, and
+/// is the slot of the action's threshold in [`Rule::thresholds`]: a new
+/// action takes the next number, below [`ACTION_SLOTS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -347,6 +340,15 @@ pub enum Action {
     /// Whether a FIN is held back.
     FinDelay = 13,
 }
+
+/// How many thresholds a [`Rule`] holds: one slot per [`Action`] number
+/// (slot 0 and those of the draws that only pick a value stay
+/// [`PROB_NEVER`]). A power of two, so that the kernel program's index is
+/// masked, whatever the compiler makes of it.
+pub const ACTION_SLOTS: usize = 16;
+
+// The highest number has a slot.
+const _: () = assert!((Action::FinDelay as usize) < ACTION_SLOTS && ACTION_SLOTS.is_power_of_two());
 
 /// Config flag: the program is attached to the ports of a bridge. Packets
 /// entering a port that are not addressed to the bridge itself are left to

@@ -4,7 +4,7 @@
 
 mod rules {
     use pygocentrus_common::{
-        CONFIG_ENDPOINT, CONFIG_PORTLESS, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, PORT_BITS, PROB_ALWAYS,
+        Action, CONFIG_ENDPOINT, CONFIG_PORTLESS, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, PORT_BITS, PROB_ALWAYS,
         RULE_PER_CONNECTION, RULE_SEEDED, TCP_ACK, TCP_FIN, TCP_SYN,
     };
 
@@ -39,9 +39,9 @@ mod rules {
     #[test]
     fn rule_values() {
         let r = spec("--port 50051 --drop 100 --reset 50 --seed 7").unwrap().rule();
-        assert_eq!(r.drop, PROB_ALWAYS);
-        assert_eq!(r.reset, 1 << 31);
-        assert_eq!((r.corrupt, r.corrupt_payload), (0, 0));
+        assert_eq!(r.threshold(Action::Drop), PROB_ALWAYS);
+        assert_eq!(r.threshold(Action::Reset), 1 << 31);
+        assert_eq!((r.threshold(Action::Corrupt), r.threshold(Action::CorruptPayload)), (0, 0));
         assert_eq!((r.flags, r.seed), (RULE_SEEDED, 7));
     }
 
@@ -101,11 +101,14 @@ mod rules {
             .unwrap()
             .rule();
         let t = |p: &str| parse_percent(p).unwrap().threshold();
-        assert_eq!((r.rate_prob, r.limit_prob), (t("50"), t("25")));
+        assert_eq!((r.threshold(Action::Rate), r.threshold(Action::Limit)), (t("50"), t("25")));
         assert_ne!(r.flags & RULE_PER_CONNECTION, 0);
 
         let r = spec("--port 80 --fin-delay 250ms").unwrap().rule();
-        assert_eq!((r.fin_delay_ns, r.fin_delay_prob, r.rate_prob), (250_000_000, PROB_ALWAYS, PROB_ALWAYS));
+        assert_eq!(
+            (r.fin_delay_ns, r.threshold(Action::FinDelay), r.threshold(Action::Rate)),
+            (250_000_000, PROB_ALWAYS, PROB_ALWAYS)
+        );
         assert!(r.schedules(), "holding FINs back needs fq");
         let plan = Plan { rules: vec![spec("--port 80 --fin-delay 30s").unwrap()] };
         assert_eq!(plan.fq_params().unwrap().horizon_us, 60_000_000, "the horizon covers the FIN delay");
