@@ -14,8 +14,10 @@
 pub mod counters;
 pub mod csum;
 pub mod decide;
+pub mod faults;
 
 pub use counters::{COUNTER_KINDS, Counter, Counters, Tally};
+pub use faults::{ACTION_SLOTS, Action, Effect, PERCENT_FAULTS, PercentFault};
 
 /// Name of the ingress classifier in the object file.
 pub const PROG_INGRESS: &str = "pyg_ingress";
@@ -118,9 +120,9 @@ pub const RULE_GE: u32 = 2;
 /// Rule flag: a packet never leaves before an earlier packet of its flow
 /// (jitter then stretches gaps instead of reordering).
 pub const RULE_KEEP_ORDER: u32 = 4;
-/// Rule flag: each probability (drop, reset, corrupt, corrupt-payload,
-/// duplicate, delay share) is drawn once per connection instead of once
-/// per packet: a hash of (seed, connection, action), where the connection
+/// Rule flag: each probability (the faults of [`PERCENT_FAULTS`], the
+/// delay's share) is drawn once per connection instead of once per
+/// packet: a hash of (seed, connection, action), where the connection
 /// hash is the same in both directions ([`decide::conn_hash`]). A
 /// connection then gets all of a fault's packets or none (Toxiproxy's
 /// `toxicity`). The "how" draws (payload byte, jitter, loss model) stay
@@ -190,12 +192,12 @@ pub struct GeModel {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
     /// The probability of each decision, at its [`Action`]'s number
-    /// ([`Rule::threshold`]): drop, reset, corrupt, corrupt-payload and
-    /// duplicate, and the shares the delay (`Delay`: of matched packets)
-    /// and the FIN delay (`FinDelay`: of FIN segments) apply to; with
-    /// [`RULE_PER_CONNECTION`] each is a share of connections, and `Limit`
-    /// and `Rate` are the shares of connections the flow limits and the
-    /// rate apply to ([`PROB_ALWAYS`] without that flag).
+    /// ([`Rule::threshold`]): the faults given as a percentage
+    /// ([`PERCENT_FAULTS`]), and the shares the delay (`Delay`: of matched
+    /// packets) and the FIN delay (`FinDelay`: of FIN segments) apply to;
+    /// with [`RULE_PER_CONNECTION`] each is a share of connections, and
+    /// `Limit` and `Rate` are the shares of connections the flow limits
+    /// and the rate apply to ([`PROB_ALWAYS`] without that flag).
     pub thresholds: [Threshold; ACTION_SLOTS],
     /// `RULE_*` bits.
     pub flags: u32,
@@ -311,44 +313,6 @@ pub const MARK_DUPLICATE: u32 = 0x0100_0000;
 /// counted again among the packets the classifier saw. Cleared before the
 /// packet leaves.
 pub const MARK_ORPHAN: u32 = 0x0200_0000;
-
-/// The dice a rule can throw, in the order they are thrown. The discriminant
-/// is mixed into the seeded hash so that each action gets its own draw, and
-/// is the slot of the action's threshold in [`Rule::thresholds`]: a new
-/// action takes the next number, below [`ACTION_SLOTS`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Drop = 1,
-    Reset = 2,
-    Corrupt = 3,
-    CorruptPayload = 4,
-    /// Not an action: the draw that chooses which payload byte to damage.
-    PayloadOffset = 5,
-    Duplicate = 6,
-    /// Whether the delay applies to this packet.
-    Delay = 7,
-    /// The draw that picks the delay from its distribution.
-    Jitter = 8,
-    /// The two draws of the loss model: state change, then loss.
-    GeTransition = 9,
-    GeLoss = 10,
-    /// Whether a connection's flow limits apply (per connection only).
-    Limit = 11,
-    /// Whether the rate applies (per connection only).
-    Rate = 12,
-    /// Whether a FIN is held back.
-    FinDelay = 13,
-}
-
-/// How many thresholds a [`Rule`] holds: one slot per [`Action`] number
-/// (slot 0 and those of the draws that only pick a value stay
-/// [`PROB_NEVER`]). A power of two, so that the kernel program's index is
-/// masked, whatever the compiler makes of it.
-pub const ACTION_SLOTS: usize = 16;
-
-// The highest number has a slot.
-const _: () = assert!((Action::FinDelay as usize) < ACTION_SLOTS && ACTION_SLOTS.is_power_of_two());
 
 /// Config flag: the program is attached to the ports of a bridge. Packets
 /// entering a port that are not addressed to the bridge itself are left to

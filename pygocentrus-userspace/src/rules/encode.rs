@@ -43,14 +43,8 @@ impl RuleFaults {
             fin_delay_ns: self.fin_delay.map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
             ..Rule::default()
         };
-        for (action, p) in [
-            (Action::Drop, self.drop),
-            (Action::Reset, self.reset),
-            (Action::Corrupt, self.corrupt),
-            (Action::CorruptPayload, self.corrupt_payload),
-            (Action::Duplicate, self.duplicate),
-        ] {
-            rule.set_threshold(action, p.map_or(PROB_NEVER, Percent::threshold));
+        for (fault, p) in self.percents() {
+            rule.set_threshold(fault.action, p.map_or(PROB_NEVER, Percent::threshold));
         }
         rule.set_threshold(Action::Rate, share(self.rate_share));
         rule.set_threshold(Action::Limit, share(self.limit_share));

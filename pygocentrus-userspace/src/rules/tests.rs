@@ -37,6 +37,26 @@ mod rules {
     }
 
     #[test]
+    fn the_faults_given_as_a_percentage_read_in_the_order_they_are_tried() {
+        let s = spec("--port 80 --proto tcp --duplicate 5 --reset 2 --corrupt-payload 4 --corrupt 3 --drop 1 --loss-model gemodel:1,2")
+            .unwrap();
+        assert_eq!(
+            s.to_string(),
+            "tcp to/from *:80 drop 1% reset 2% corrupt 3% corrupt-payload 4% loss gemodel 1% 2% 100% 0% duplicate 5%"
+        );
+        assert_eq!(
+            UsageError::NoFault.to_string(),
+            "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), \
+             --delay, --rate, --loss-model, --unplug-after, --reset-after or --fin-delay"
+        );
+        assert_eq!(
+            UsageError::PerConnectionNeedsShare.to_string(),
+            "--per-connection needs a fault with a percentage: --drop, --reset, --corrupt, --corrupt-payload, \
+             --duplicate, --delay-pct, --rate-pct, --limit-pct or --fin-delay-pct"
+        );
+    }
+
+    #[test]
     fn rule_values() {
         let r = spec("--port 50051 --drop 100 --reset 50 --seed 7").unwrap().rule();
         assert_eq!(r.threshold(Action::Drop), PROB_ALWAYS);
