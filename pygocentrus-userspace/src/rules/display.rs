@@ -50,7 +50,7 @@ impl fmt::Display for RuleSpec {
         // drop of its own), then those a packet that passes gets as well.
         let mut percents = self.faults.percents();
         percents.sort_unstable_by_key(|(fault, _)| fault.action as u32);
-        let percents = |f: &mut fmt::Formatter<'_>, effect: Effect| -> fmt::Result {
+        let write_percents = |f: &mut fmt::Formatter<'_>, effect: Effect| -> fmt::Result {
             for (fault, p) in percents.iter().filter(|(fault, _)| fault.effect == effect) {
                 if let Some(p) = p.filter(|p| p.value() > 0.0) {
                     write!(f, " {} {p}", fault.flag)?;
@@ -58,11 +58,11 @@ impl fmt::Display for RuleSpec {
             }
             Ok(())
         };
-        percents(f, Effect::Instead)?;
+        write_percents(f, Effect::Instead)?;
         if let Some(ge) = self.faults.loss_model {
             write!(f, " loss gemodel {} {} {} {}", ge.p, ge.r, ge.loss_bad, ge.loss_good)?;
         }
-        percents(f, Effect::AsWell)?;
+        write_percents(f, Effect::AsWell)?;
         if let Some(d) = self.faults.delay {
             write!(f, " delay {:?}", d.mean)?;
             if !d.jitter.is_zero() {
