@@ -14,8 +14,10 @@
 pub mod counters;
 pub mod csum;
 pub mod decide;
+pub mod faults;
 
 pub use counters::{COUNTER_KINDS, Counter, Counters, Tally};
+pub use faults::{ACTION_SLOTS, Action, Effect, PERCENT_FAULTS, PercentFault};
 
 /// Name of the ingress classifier in the object file.
 pub const PROG_INGRESS: &str = "pyg_ingress";
@@ -118,9 +120,9 @@ pub const RULE_GE: u32 = 2;
 /// Rule flag: a packet never leaves before an earlier packet of its flow
 /// (jitter then stretches gaps instead of reordering).
 pub const RULE_KEEP_ORDER: u32 = 4;
-/// Rule flag: each probability (drop, reset, corrupt, corrupt-payload,
-/// duplicate, delay share) is drawn once per connection instead of once
-/// per packet: a hash of (seed, connection, action), where the connection
+/// Rule flag: each probability (the faults of [`PERCENT_FAULTS`], the
+/// delay's share) is drawn once per connection instead of once per
+/// packet: a hash of (seed, connection, action), where the connection
 /// hash is the same in both directions ([`decide::conn_hash`]). A
 /// connection then gets all of a fault's packets or none (Toxiproxy's
 /// `toxicity`). The "how" draws (payload byte, jitter, loss model) stay
@@ -189,13 +191,18 @@ pub struct GeModel {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
-    pub drop: Threshold,
-    pub reset: Threshold,
-    pub corrupt: Threshold,
-    pub corrupt_payload: Threshold,
+    /// The probability of each decision, at its [`Action`]'s number
+    /// ([`Rule::threshold`]): the faults given as a percentage
+    /// ([`PERCENT_FAULTS`]), and the shares the delay (`Delay`: of matched
+    /// packets) and the FIN delay (`FinDelay`: of FIN segments) apply to;
+    /// with [`RULE_PER_CONNECTION`] each is a share of connections, and
+    /// `Limit` and `Rate` are the shares of connections the flow limits
+    /// and the rate apply to ([`PROB_ALWAYS`] without that flag).
+    pub thresholds: [Threshold; ACTION_SLOTS],
     /// `RULE_*` bits.
     pub flags: u32,
-    pub duplicate: Threshold,
+    /// `DIST_*`.
+    pub distribution: u32,
     /// Seed for reproducible decisions (host order), used with [`RULE_SEEDED`].
     pub seed: u64,
     /// Mean added delay in nanoseconds (0: none).
@@ -203,10 +210,6 @@ pub struct Rule {
     /// Jitter in nanoseconds: the half-width for uniform, the standard
     /// deviation for the table distributions.
     pub jitter_ns: u64,
-    /// Share of matched packets that get the delay.
-    pub delay_prob: Threshold,
-    /// `DIST_*`.
-    pub distribution: u32,
     /// Rate limit in bytes per second (0: none).
     pub rate_bytes: u64,
     pub ge: GeModel,
@@ -229,42 +232,32 @@ pub struct Rule {
     /// "Slow close": a TCP segment carrying FIN leaves this much later
     /// (Toxiproxy's `slow_close`). 0: none.
     pub fin_delay_ns: u64,
-    /// Share of matched FIN segments (with [`RULE_PER_CONNECTION`]: of
-    /// connections) that get `fin_delay_ns`.
-    pub fin_delay_prob: Threshold,
-    /// Share of connections the flow limits apply to (with
-    /// [`RULE_PER_CONNECTION`]); [`PROB_ALWAYS`] otherwise.
-    pub limit_prob: Threshold,
-    /// Share of connections the rate applies to (with
-    /// [`RULE_PER_CONNECTION`]); [`PROB_ALWAYS`] otherwise.
-    pub rate_prob: Threshold,
-    pub _pad: u32,
 }
+
+// The thresholds and two 4-byte fields, then 8-byte fields, and the other
+// 4-byte ones in pairs: no implicit padding for the kernel program and
+// userspace to read differently.
+const _: () = assert!(size_of::<Rule>() == 160);
 
 impl Rule {
     /// The probability of an action that is a decision (whether a fault
     /// applies); [`PROB_NEVER`] for the draws that only pick a value.
+    /// Masked: an index the kernel program's verifier can always bound.
     #[inline(always)]
     pub const fn threshold(&self, action: Action) -> Threshold {
-        match action {
-            Action::Drop => self.drop,
-            Action::Reset => self.reset,
-            Action::Corrupt => self.corrupt,
-            Action::CorruptPayload => self.corrupt_payload,
-            Action::Duplicate => self.duplicate,
-            Action::Delay => self.delay_prob,
-            Action::Limit => self.limit_prob,
-            Action::Rate => self.rate_prob,
-            Action::FinDelay => self.fin_delay_prob,
-            Action::PayloadOffset | Action::Jitter | Action::GeTransition | Action::GeLoss => PROB_NEVER,
-        }
+        self.thresholds[action as usize & (ACTION_SLOTS - 1)]
+    }
+
+    /// Sets the probability of `action`.
+    pub const fn set_threshold(&mut self, action: Action, threshold: Threshold) {
+        self.thresholds[action as usize & (ACTION_SLOTS - 1)] = threshold;
     }
 
     /// Whether the rule sets departure times: those need the `fq` qdisc.
     pub const fn schedules(&self) -> bool {
-        ((self.delay_ns != 0 || self.jitter_ns != 0) && self.delay_prob != PROB_NEVER)
-            || (self.rate_bytes != 0 && self.rate_prob != PROB_NEVER)
-            || (self.fin_delay_ns != 0 && self.fin_delay_prob != PROB_NEVER)
+        ((self.delay_ns != 0 || self.jitter_ns != 0) && self.threshold(Action::Delay) != PROB_NEVER)
+            || (self.rate_bytes != 0 && self.threshold(Action::Rate) != PROB_NEVER)
+            || (self.fin_delay_ns != 0 && self.threshold(Action::FinDelay) != PROB_NEVER)
     }
 
     /// Whether the rule keeps per-connection state in the `CONNS` map.
@@ -320,33 +313,6 @@ pub const MARK_DUPLICATE: u32 = 0x0100_0000;
 /// counted again among the packets the classifier saw. Cleared before the
 /// packet leaves.
 pub const MARK_ORPHAN: u32 = 0x0200_0000;
-
-/// The dice a rule can throw, in the order they are thrown. The discriminant
-/// is mixed into the seeded hash so that each action gets its own draw.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Drop = 1,
-    Reset = 2,
-    Corrupt = 3,
-    CorruptPayload = 4,
-    /// Not an action: the draw that chooses which payload byte to damage.
-    PayloadOffset = 5,
-    Duplicate = 6,
-    /// Whether the delay applies to this packet.
-    Delay = 7,
-    /// The draw that picks the delay from its distribution.
-    Jitter = 8,
-    /// The two draws of the loss model: state change, then loss.
-    GeTransition = 9,
-    GeLoss = 10,
-    /// Whether a connection's flow limits apply (per connection only).
-    Limit = 11,
-    /// Whether the rate applies (per connection only).
-    Rate = 12,
-    /// Whether a FIN is held back.
-    FinDelay = 13,
-}
 
 /// Config flag: the program is attached to the ports of a bridge. Packets
 /// entering a port that are not addressed to the bridge itself are left to

@@ -2,18 +2,25 @@
 //! each kind its own variant, so that callers match variants, never text.
 //! `main` prints it in one line and exits with status 2.
 
-use pygocentrus_common::MAX_RULES;
+use pygocentrus_common::{MAX_RULES, PERCENT_FAULTS, PercentFault};
 use thiserror::Error;
+
+/// The flags of `faults`, as a message lists them: `--drop, --corrupt`.
+fn flags(faults: impl IntoIterator<Item = PercentFault>) -> String {
+    faults.into_iter().map(|f| format!("--{}", f.flag)).collect::<Vec<_>>().join(", ")
+}
 
 /// Input that cannot work: reported in one line, exit status 2.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum UsageError {
     #[error(
-        "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), --delay, --rate, --loss-model, --unplug-after, --reset-after or --fin-delay"
+        "no fault given: add {} (a percentage above 0), --delay, --rate, --loss-model, --unplug-after, --reset-after or --fin-delay",
+        flags(PERCENT_FAULTS)
     )]
     NoFault,
     #[error(
-        "--per-connection needs a fault with a percentage: --drop, --reset, --corrupt, --corrupt-payload, --duplicate, --delay-pct, --rate-pct, --limit-pct or --fin-delay-pct"
+        "--per-connection needs a fault with a percentage: {}, --delay-pct, --rate-pct, --limit-pct or --fin-delay-pct",
+        flags(PercentFault::tried())
     )]
     PerConnectionNeedsShare,
     /// A flag that only means something for TCP, with `--proto udp`.

@@ -248,31 +248,6 @@ impl Faults {
         self.set(|r| r.all = true)
     }
 
-    /// `--drop`, in percent (0-100).
-    pub fn drop(self, percent: f64) -> Self {
-        self.set_parsed(parse_percent(&percent.to_string()), |r, p| r.drop = Some(p))
-    }
-
-    /// `--corrupt`, in percent.
-    pub fn corrupt(self, percent: f64) -> Self {
-        self.set_parsed(parse_percent(&percent.to_string()), |r, p| r.corrupt = Some(p))
-    }
-
-    /// `--corrupt-payload`, in percent.
-    pub fn corrupt_payload(self, percent: f64) -> Self {
-        self.set_parsed(parse_percent(&percent.to_string()), |r, p| r.corrupt_payload = Some(p))
-    }
-
-    /// `--reset`, in percent (TCP).
-    pub fn reset(self, percent: f64) -> Self {
-        self.set_parsed(parse_percent(&percent.to_string()), |r, p| r.reset = Some(p))
-    }
-
-    /// `--duplicate`, in percent.
-    pub fn duplicate(self, percent: f64) -> Self {
-        self.set_parsed(parse_percent(&percent.to_string()), |r, p| r.duplicate = Some(p))
-    }
-
     /// `--delay` (needs the `fq` qdisc: see [`Session::has_fq`]).
     pub fn delay(self, delay: Duration) -> Self {
         self.set(|r| r.delay = Some(delay))
@@ -325,6 +300,23 @@ impl Faults {
         Ok(plan)
     }
 }
+
+// A method of `Faults` for each fault of the table of faults given as a
+// percentage (`pygocentrus_common::percent_faults!`), named as its field.
+macro_rules! percent_methods {
+    ($($(#[$help:meta])* $field:ident $flag:literal $action:ident $effect:ident;)+) => {
+        impl Faults {
+            $(
+                #[doc = concat!("`--", $flag, "`, in percent (0-100).")]
+                pub fn $field(self, percent: f64) -> Self {
+                    self.set_parsed(parse_percent(&percent.to_string()), |r, p| r.$field = Some(p))
+                }
+            )+
+        }
+    };
+}
+
+pygocentrus_common::percent_faults!(percent_methods);
 
 /// Faults at work on a target until dropped: see the module's
 /// documentation. Its methods block until the change is in force or the

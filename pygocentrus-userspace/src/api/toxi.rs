@@ -377,7 +377,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use pygocentrus_common::PROB_ALWAYS;
+    use pygocentrus_common::{Action, PROB_ALWAYS};
 
     fn toxic(v: Value) -> Result<Toxic, ApiError> {
         Toxic::new(serde_json::from_value(v).unwrap())
@@ -492,7 +492,7 @@ mod tests {
         let p = proxy(vec![toxic(json!({"type": "slow_close", "attributes": {"delay": 100}})).unwrap()]);
         let f = &p.rules(None).unwrap()[0].faults;
         assert_eq!((f.per_connection, f.fin_delay_share), (false, None));
-        assert_eq!(p.rules(None).unwrap()[0].rule().fin_delay_prob, PROB_ALWAYS);
+        assert_eq!(p.rules(None).unwrap()[0].rule().threshold(Action::FinDelay), PROB_ALWAYS);
 
         // One rate per stream: two bandwidth toxics must agree on the share.
         let p = proxy(vec![

@@ -3,6 +3,8 @@
 
 use std::{fmt, net::IpAddr};
 
+use pygocentrus_common::Effect;
+
 use super::{
     spec::RuleSpec,
     values::{Direction, Proto},
@@ -43,22 +45,24 @@ impl RuleSpec {
 impl fmt::Display for RuleSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.target())?;
-        for (name, p) in [
-            ("drop", self.faults.drop),
-            ("reset", self.faults.reset),
-            ("corrupt", self.faults.corrupt),
-            ("corrupt-payload", self.faults.corrupt_payload),
-        ] {
-            if let Some(p) = p.filter(|p| p.value() > 0.0) {
-                write!(f, " {name} {p}")?;
+        // The faults given as a percentage in the order the rule tries
+        // them: those a packet gets instead of passing, the loss model (a
+        // drop of its own), then those a packet that passes gets as well.
+        let mut percents = self.faults.percents();
+        percents.sort_unstable_by_key(|(fault, _)| fault.action as u32);
+        let write_percents = |f: &mut fmt::Formatter<'_>, effect: Effect| -> fmt::Result {
+            for (fault, p) in percents.iter().filter(|(fault, _)| fault.effect == effect) {
+                if let Some(p) = p.filter(|p| p.value() > 0.0) {
+                    write!(f, " {} {p}", fault.flag)?;
+                }
             }
-        }
+            Ok(())
+        };
+        write_percents(f, Effect::Instead)?;
         if let Some(ge) = self.faults.loss_model {
             write!(f, " loss gemodel {} {} {} {}", ge.p, ge.r, ge.loss_bad, ge.loss_good)?;
         }
-        if let Some(p) = self.faults.duplicate.filter(|p| p.value() > 0.0) {
-            write!(f, " duplicate {p}")?;
-        }
+        write_percents(f, Effect::AsWell)?;
         if let Some(d) = self.faults.delay {
             write!(f, " delay {:?}", d.mean)?;
             if !d.jitter.is_zero() {

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use pygocentrus_common::{
-    ADDR_BITS, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_ENDPOINT, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO,
+    ADDR_BITS, Action, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CONFIG_ENDPOINT, CONFIG_PORTLESS, DIST_NORMAL, DIST_PARETO,
     DIST_PARETONORMAL, DIST_UNIFORM, GeModel, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, MAX_RULES, PORT_BITS, PROB_ALWAYS,
-    RULE_GE, RULE_KEEP_ORDER, RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TargetKey, TargetValue,
+    PROB_NEVER, RULE_GE, RULE_KEEP_ORDER, RULE_PER_CONNECTION, RULE_SEEDED, Rule, SIDE_FROM, SIDE_TO, TargetKey,
+    TargetValue,
 };
 
 use super::{
@@ -35,20 +36,19 @@ impl RuleFaults {
     }
 
     fn rule_fields(&self) -> Rule {
-        let t = |p: Option<Percent>| p.map_or(0, Percent::threshold);
+        // A share not given is every packet (or connection).
+        let share = |p: Option<Percent>| p.map_or(PROB_ALWAYS, Percent::threshold);
         let mut rule = Rule {
-            drop: t(self.drop),
-            reset: t(self.reset),
-            corrupt: t(self.corrupt),
-            corrupt_payload: t(self.corrupt_payload),
-            duplicate: t(self.duplicate),
             rate_bytes: self.rate.map_or(0, |r| r.0),
-            rate_prob: self.rate_share.map_or(PROB_ALWAYS, Percent::threshold),
-            limit_prob: self.limit_share.map_or(PROB_ALWAYS, Percent::threshold),
             fin_delay_ns: self.fin_delay.map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
-            fin_delay_prob: self.fin_delay_share.map_or(PROB_ALWAYS, Percent::threshold),
             ..Rule::default()
         };
+        for (fault, p) in self.percents() {
+            rule.set_threshold(fault.action, p.map_or(PROB_NEVER, Percent::threshold));
+        }
+        rule.set_threshold(Action::Rate, share(self.rate_share));
+        rule.set_threshold(Action::Limit, share(self.limit_share));
+        rule.set_threshold(Action::FinDelay, share(self.fin_delay_share));
         (rule.unplug_kind, rule.unplug_after) = limit_fields(self.unplug_after);
         (rule.reset_kind, rule.reset_after) = limit_fields(self.reset_after);
         if self.per_connection {
@@ -66,7 +66,7 @@ impl RuleFaults {
         if let Some(d) = self.delay {
             rule.delay_ns = d.mean.as_nanos().min(u128::from(u64::MAX)) as u64;
             rule.jitter_ns = d.jitter.as_nanos().min(u128::from(u64::MAX)) as u64;
-            rule.delay_prob = d.share.map_or(PROB_ALWAYS, Percent::threshold);
+            rule.set_threshold(Action::Delay, share(d.share));
             rule.distribution = match d.distribution {
                 Distribution::Uniform => DIST_UNIFORM,
                 Distribution::Normal => DIST_NORMAL,

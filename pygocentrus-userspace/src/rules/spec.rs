@@ -6,41 +6,62 @@
 use std::time::Duration;
 
 use ipnet::IpNet;
+use pygocentrus_common::{PERCENT_FAULTS, PercentFault};
 
 use super::{
     units::{FlowLimit, Percent, Rate},
     values::{Direction, Distribution, GeSpec, Proto, TcpFlags},
 };
 
-/// The faults of a rule.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct RuleFaults {
-    pub drop: Option<Percent>,
-    pub reset: Option<Percent>,
-    pub corrupt: Option<Percent>,
-    pub corrupt_payload: Option<Percent>,
-    pub duplicate: Option<Percent>,
-    pub loss_model: Option<GeSpec>,
-    pub delay: Option<Delay>,
-    pub rate: Option<Rate>,
-    /// Each percentage above decides per connection (both directions
-    /// alike), not per packet: Toxiproxy's `toxicity`.
-    pub per_connection: bool,
-    /// Drop every packet of a connection past this point, both ways.
-    pub unplug_after: Option<FlowLimit>,
-    /// Turn the next TCP segment of a direction past this point into a
-    /// reset (Toxiproxy's `limit_data`).
-    pub reset_after: Option<FlowLimit>,
-    /// The share of connections the rate applies to (per connection only).
-    pub rate_share: Option<Percent>,
-    /// The share of connections the flow limits apply to (per connection
-    /// only).
-    pub limit_share: Option<Percent>,
-    /// "Slow close": segments carrying FIN leave this much later.
-    pub fin_delay: Option<Duration>,
-    /// The share of FINs (or connections) held back.
-    pub fin_delay_share: Option<Percent>,
+// `RuleFaults`, with a field for each fault of the table of faults given
+// as a percentage (`pygocentrus_common::percent_faults!`).
+macro_rules! rule_faults {
+    ($($(#[$help:meta])* $field:ident $flag:literal $action:ident $effect:ident;)+) => {
+        /// The faults of a rule.
+        #[derive(Clone, Copy, Debug, Default, PartialEq)]
+        pub struct RuleFaults {
+            // The faults of the table: each a share of packets (or of
+            // connections, with `per_connection`).
+            $($(#[$help])* pub $field: Option<Percent>,)+
+            pub loss_model: Option<GeSpec>,
+            pub delay: Option<Delay>,
+            pub rate: Option<Rate>,
+            /// Each percentage above decides per connection (both directions
+            /// alike), not per packet: Toxiproxy's `toxicity`.
+            pub per_connection: bool,
+            /// Drop every packet of a connection past this point, both ways.
+            pub unplug_after: Option<FlowLimit>,
+            /// Turn the next TCP segment of a direction past this point into a
+            /// reset (Toxiproxy's `limit_data`).
+            pub reset_after: Option<FlowLimit>,
+            /// The share of connections the rate applies to (per connection only).
+            pub rate_share: Option<Percent>,
+            /// The share of connections the flow limits apply to (per connection
+            /// only).
+            pub limit_share: Option<Percent>,
+            /// "Slow close": segments carrying FIN leave this much later.
+            pub fin_delay: Option<Duration>,
+            /// The share of FINs (or connections) held back.
+            pub fin_delay_share: Option<Percent>,
+        }
+
+        impl RuleFaults {
+            /// The faults given as a percentage with their line of the
+            /// table, in its order.
+            pub fn percents(&self) -> [(PercentFault, Option<Percent>); PERCENT_FAULTS.len()] {
+                let values = [$(self.$field),+];
+                std::array::from_fn(|i| (PERCENT_FAULTS[i], values[i]))
+            }
+
+            /// The same fields, to set.
+            pub fn percents_mut(&mut self) -> [&mut Option<Percent>; PERCENT_FAULTS.len()] {
+                [$(&mut self.$field),+]
+            }
+        }
+    };
 }
+
+pygocentrus_common::percent_faults!(rule_faults);
 
 /// The delay of a rule: mean, jitter and its distribution, the share of
 /// packets delayed, and whether flows keep their order.

@@ -4,7 +4,7 @@
 
 mod rules {
     use pygocentrus_common::{
-        CONFIG_ENDPOINT, CONFIG_PORTLESS, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, PORT_BITS, PROB_ALWAYS,
+        Action, CONFIG_ENDPOINT, CONFIG_PORTLESS, LIMIT_BYTES, LIMIT_NS, LIMIT_PACKETS, PORT_BITS, PROB_ALWAYS,
         RULE_PER_CONNECTION, RULE_SEEDED, TCP_ACK, TCP_FIN, TCP_SYN,
     };
 
@@ -37,11 +37,31 @@ mod rules {
     }
 
     #[test]
+    fn the_faults_given_as_a_percentage_read_in_the_order_they_are_tried() {
+        let s = spec("--port 80 --proto tcp --duplicate 5 --reset 2 --corrupt-payload 4 --corrupt 3 --drop 1 --loss-model gemodel:1,2")
+            .unwrap();
+        assert_eq!(
+            s.to_string(),
+            "tcp to/from *:80 drop 1% reset 2% corrupt 3% corrupt-payload 4% loss gemodel 1% 2% 100% 0% duplicate 5%"
+        );
+        assert_eq!(
+            UsageError::NoFault.to_string(),
+            "no fault given: add --drop, --corrupt, --corrupt-payload, --reset, --duplicate (a percentage above 0), \
+             --delay, --rate, --loss-model, --unplug-after, --reset-after or --fin-delay"
+        );
+        assert_eq!(
+            UsageError::PerConnectionNeedsShare.to_string(),
+            "--per-connection needs a fault with a percentage: --drop, --reset, --corrupt, --corrupt-payload, \
+             --duplicate, --delay-pct, --rate-pct, --limit-pct or --fin-delay-pct"
+        );
+    }
+
+    #[test]
     fn rule_values() {
         let r = spec("--port 50051 --drop 100 --reset 50 --seed 7").unwrap().rule();
-        assert_eq!(r.drop, PROB_ALWAYS);
-        assert_eq!(r.reset, 1 << 31);
-        assert_eq!((r.corrupt, r.corrupt_payload), (0, 0));
+        assert_eq!(r.threshold(Action::Drop), PROB_ALWAYS);
+        assert_eq!(r.threshold(Action::Reset), 1 << 31);
+        assert_eq!((r.threshold(Action::Corrupt), r.threshold(Action::CorruptPayload)), (0, 0));
         assert_eq!((r.flags, r.seed), (RULE_SEEDED, 7));
     }
 
@@ -101,11 +121,14 @@ mod rules {
             .unwrap()
             .rule();
         let t = |p: &str| parse_percent(p).unwrap().threshold();
-        assert_eq!((r.rate_prob, r.limit_prob), (t("50"), t("25")));
+        assert_eq!((r.threshold(Action::Rate), r.threshold(Action::Limit)), (t("50"), t("25")));
         assert_ne!(r.flags & RULE_PER_CONNECTION, 0);
 
         let r = spec("--port 80 --fin-delay 250ms").unwrap().rule();
-        assert_eq!((r.fin_delay_ns, r.fin_delay_prob, r.rate_prob), (250_000_000, PROB_ALWAYS, PROB_ALWAYS));
+        assert_eq!(
+            (r.fin_delay_ns, r.threshold(Action::FinDelay), r.threshold(Action::Rate)),
+            (250_000_000, PROB_ALWAYS, PROB_ALWAYS)
+        );
         assert!(r.schedules(), "holding FINs back needs fq");
         let plan = Plan { rules: vec![spec("--port 80 --fin-delay 30s").unwrap()] };
         assert_eq!(plan.fq_params().unwrap().horizon_us, 60_000_000, "the horizon covers the FIN delay");

@@ -18,7 +18,7 @@ fn on(p: Option<Percent>) -> bool {
 
 impl RuleFaults {
     pub(crate) fn any(&self) -> bool {
-        [self.drop, self.reset, self.corrupt, self.corrupt_payload, self.duplicate].into_iter().any(on)
+        self.percents().into_iter().any(|(_, p)| on(p))
             || self.loss_model.is_some()
             || (self.rate.is_some() && self.rate_share.is_none_or(|s| s.value() > 0.0))
             || ((self.unplug_after.is_some() || self.reset_after.is_some())
@@ -35,7 +35,7 @@ impl RuleSpec {
     /// if the scope is one.
     pub fn from_args(r: &RuleArgs, endpoint: Option<String>) -> Result<Self, UsageError> {
         let r = &with_behavior(r)?;
-        let spec = Self {
+        let mut spec = Self {
             ip: r.ip,
             port: r.port,
             endpoint,
@@ -43,11 +43,6 @@ impl RuleSpec {
             direction: r.direction,
             tcp_flags: r.tcp_flags,
             faults: RuleFaults {
-                drop: r.drop,
-                reset: r.reset,
-                corrupt: r.corrupt,
-                corrupt_payload: r.corrupt_payload,
-                duplicate: r.duplicate,
                 loss_model: r.loss_model,
                 delay: delay_of(r)?,
                 rate: r.rate,
@@ -63,9 +58,13 @@ impl RuleSpec {
                 )?,
                 fin_delay: r.fin_delay,
                 fin_delay_share: shares_of(r.fin_delay.is_some(), r.fin_delay_pct, "--fin-delay-pct", "--fin-delay")?,
+                ..RuleFaults::default()
             },
             seed: r.seed,
         };
+        for (field, given) in spec.faults.percents_mut().into_iter().zip(r.percents()) {
+            *field = given;
+        }
         if r.behavior == Some(Behavior::Dummy) {
             if spec.faults.any() {
                 return Err(UsageError::Behavior("dummy does nothing: leave out the faults".to_owned()));
@@ -109,18 +108,13 @@ impl RuleSpec {
             }
         }
         let f = &self.faults;
-        let shares = [
-            f.drop,
-            f.reset,
-            f.corrupt,
-            f.corrupt_payload,
-            f.duplicate,
+        let mut shares = f.percents().into_iter().map(|(_, p)| p).chain([
             f.delay.and_then(|d| d.share),
             f.rate_share,
             f.limit_share,
             f.fin_delay_share,
-        ];
-        if f.per_connection && !shares.into_iter().any(on) {
+        ]);
+        if f.per_connection && !shares.any(on) {
             return Err(UsageError::PerConnectionNeedsShare);
         }
         // A share of connections, drawn per packet, would pace or limit a
