@@ -247,7 +247,9 @@ pub fn invocation() -> String {
 pub fn publish(root: &Path, section: &str, record: bool, start: &str, end: &str) -> Result<()> {
     println!("{section}");
     if !record {
-        eprintln!("bench: results not recorded (asked not to, or a part of the bench only): BENCHMARKS.md left as it was");
+        eprintln!(
+            "bench: results not recorded (asked not to, or a part of the bench only): BENCHMARKS.md left as it was"
+        );
         return Ok(());
     }
     let path = root.join("BENCHMARKS.md");
