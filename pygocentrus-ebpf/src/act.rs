@@ -7,7 +7,8 @@ use pygocentrus_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, csum, decide};
 
 use crate::{
     maps::{self, HEADER_SCRATCH, Pass},
-    parse::{self, Packet},
+    packet::Packet,
+    parse,
 };
 
 const TCP_CSUM_OFF: usize = 16;

@@ -10,6 +10,7 @@
 
 mod act;
 mod maps;
+mod packet;
 mod parse;
 mod sched;
 
@@ -28,7 +29,7 @@ use pygocentrus_common::{
     decide::{self, Applies, Dice as _, Fault, Flow, FlowCount},
 };
 
-use crate::{maps::Pass, parse::Packet};
+use crate::{maps::Pass, packet::Packet};
 
 /// "Not my business": hand the packet to whatever comes next (the next TCX
 /// program, the next cls_bpf filter, or the default action). This is what

@@ -11,7 +11,7 @@ use pygocentrus_common::{
     TargetValue,
 };
 
-use crate::parse::Packet;
+use crate::packet::Packet;
 
 /// (port, address prefix) → the rules of that target.
 #[map(name = "TARGETS")]

@@ -7,7 +7,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use pygocentrus_common::{Counter, RULE_KEEP_ORDER, Rule, Tally, decide};
 
-use crate::{maps, parse::Packet};
+use crate::{maps, packet::Packet};
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// The longest a rate-limited packet may be made to wait for its turn: the
