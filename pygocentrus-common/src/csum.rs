@@ -19,25 +19,6 @@ pub fn sum_words(mut acc: u32, data: &[u8]) -> u32 {
     acc
 }
 
-/// [`sum_words`] of the first `len` bytes of `data`, by a loop whose bound
-/// is the array's length (what a BPF verifier can follow), not `len`.
-#[inline(always)]
-pub fn sum_words_prefix<const N: usize>(mut acc: u32, data: &[u8; N], len: usize) -> u32 {
-    let mut i = 0;
-    while i + 1 < N {
-        if i + 1 < len {
-            acc += u32::from(u16::from_be_bytes([data[i], data[i + 1]]));
-        } else if i < len {
-            acc += u32::from(data[i]) << 8;
-        }
-        i += 2;
-    }
-    if N % 2 == 1 && N - 1 < len {
-        acc += u32::from(data[N - 1]) << 8;
-    }
-    acc
-}
-
 /// Folds a 32-bit one's-complement accumulator to 16 bits (not complemented).
 #[inline(always)]
 pub const fn fold(mut acc: u32) -> u16 {
@@ -164,15 +145,6 @@ mod tests {
         // In memory order too (how the kernel program reads the words).
         let ne = |v: u16| u16::from_ne_bytes(v.to_be_bytes());
         assert_eq!(ne(replace16(ne(csum), ne(old), ne(40))), replace16(csum, old, 40));
-    }
-
-    #[test]
-    fn a_prefix_sums_as_its_slice_does() {
-        let data: [u8; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
-        for len in 0..=9 {
-            assert_eq!(sum_words_prefix(7, &data, len), sum_words(7, &data[..len]), "len {len}");
-        }
-        assert_eq!(sum_words_prefix(0, &data, 20), sum_words(0, &data));
     }
 
     #[test]

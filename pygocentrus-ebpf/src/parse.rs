@@ -36,7 +36,7 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ()> {
 
 /// `N` bytes of the packet at `offset`, by direct access (no helper call).
 #[inline(always)]
-pub fn read<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], ()> {
+fn read<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], ()> {
     // SAFETY: ptr_at checked that N bytes at offset are inside the packet.
     Ok(unsafe { *ptr_at::<[u8; N]>(ctx, offset)? })
 }
